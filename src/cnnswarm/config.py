@@ -1,0 +1,205 @@
+"""One typed settings object, read from the environment in one place.
+
+The seed's variable names are accepted as they are (``FLASK_CONTROLLER_PORT``, ``HOME_DIR``, ...);
+every other setting has a default named once in ``DEFAULTS``. A bad value fails at start-up with a
+message that names the variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# Every default, named once.
+DEFAULTS: dict[str, str] = {
+    "FLASK_CONTROLLER_HOST": "127.0.0.1",
+    "FLASK_CONTROLLER_PORT": "48515",
+    "FLASK_TRAIN_HOST": "127.0.0.1",
+    "FLASK_TRAIN_PORT": "48516",
+    "HOME_DIR": str(Path.home() / ".cnn-swarm"),
+    "CONTROLLER_URL": "",
+    "DATABASE_URL": "",
+    "TRAINER_SLOTS": "1",
+    "TRAINER_URL": "",
+    "TRAINER_ID": "",
+    "HEARTBEAT_INTERVAL_S": "1.0",
+    "LEASE_TIMEOUT_S": "10.0",
+    "MAX_ATTEMPTS": "3",
+    "SCHEDULER_INTERVAL_S": "0.5",
+    "CNN_SWARM_API_TOKEN": "",
+    "CNN_SWARM_API_TOKEN_FILE": "",
+    "MAX_UPLOAD_MB": "512",
+    "PREDICT_CACHE_MODELS": "8",
+    "PREDICT_MAX_BATCH": "64",
+    "PREDICT_MAX_INFLIGHT": "64",
+    "TORCH_THREADS": "",
+    "ALLOW_DOWNLOADS": "0",
+    "FORCE_CPU": "0",
+    "GUNICORN_WORKERS": "1",
+    "GUNICORN_THREADS": "16",
+    "SUBNET_TRAIN": "",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a controller or trainer process needs to know about its environment."""
+
+    controller_host: str = DEFAULTS["FLASK_CONTROLLER_HOST"]
+    controller_port: int = int(DEFAULTS["FLASK_CONTROLLER_PORT"])
+    train_host: str = DEFAULTS["FLASK_TRAIN_HOST"]
+    train_port: int = int(DEFAULTS["FLASK_TRAIN_PORT"])
+    home_dir: Path = field(default_factory=lambda: Path(DEFAULTS["HOME_DIR"]))
+    # Where trainers reach the controller; empty means http://127.0.0.1:<controller_port>.
+    controller_url: str = ""
+    # SQLAlchemy URL; empty means an SQLite file under home_dir.
+    database_url: str = ""
+    trainer_slots: int = 1
+    # The address this trainer announces to the controller; empty means derived from host/port.
+    trainer_url: str = ""
+    trainer_id: str = ""
+    heartbeat_interval_s: float = 1.0
+    lease_timeout_s: float = 10.0
+    max_attempts: int = 3
+    scheduler_interval_s: float = 0.5
+    api_token: str = ""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    predict_cache_models: int = 8
+    predict_max_batch: int = 64
+    predict_max_inflight: int = 64
+    # Threads for torch in this process; 0 means "derive from the CPU share".
+    torch_threads: int = 0
+    allow_downloads: bool = False
+    force_cpu: bool = False
+    gunicorn_workers: int = 1
+    gunicorn_threads: int = 16
+    # Accepted for seed compatibility and ignored: nothing scans address ranges.
+    subnet_train: str = ""
+
+    @property
+    def resolved_controller_url(self) -> str:
+        """The controller's base URL without a trailing slash."""
+        if self.controller_url:
+            return self.controller_url.rstrip("/")
+        host = self.controller_host if self.controller_host not in ("0.0.0.0", "") else "127.0.0.1"
+        return f"http://{host}:{self.controller_port}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The job store's SQLAlchemy URL (an SQLite file under ``home_dir`` by default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_dir / 'cnn-swarm.sqlite3'}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (tests and the CLI use this)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _get(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if value is None or value == "":
+        return DEFAULTS[name]
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"Config '{name}' must be an integer, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"Config '{name}' must be >= {minimum}, got {value}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float:
+    raw = _get(env, name)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"Config '{name}' must be a number, got {raw!r}.") from None
+    if value <= minimum:
+        raise ConfigError(f"Config '{name}' must be > {minimum}, got {value}.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name).strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"Config '{name}' must be a boolean (1/0, true/false), got {raw!r}.")
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    value = _int(env, name)
+    if value > 65535:
+        raise ConfigError(f"Config '{name}' must be a TCP port (0-65535), got {value}.")
+    return value
+
+
+def _token(env: Mapping[str, str]) -> str:
+    token = env.get("CNN_SWARM_API_TOKEN", "")
+    path = env.get("CNN_SWARM_API_TOKEN_FILE", "")
+    if token:
+        return token
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"Config 'CNN_SWARM_API_TOKEN_FILE' points to {path!r}, which cannot be read: {exc}."
+            ) from None
+    return ""
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``env`` (default: ``os.environ``); raise ``ConfigError`` naming the
+    variable on a bad value."""
+    env = os.environ if env is None else env
+    database_url = env.get("DATABASE_URL", "")
+    database_file = env.get("DATABASE_URL_FILE", "")
+    if not database_url and database_file:
+        try:
+            database_url = Path(database_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"Config 'DATABASE_URL_FILE' points to {database_file!r}, which cannot be read: "
+                f"{exc}."
+            ) from None
+    return Settings(
+        controller_host=_get(env, "FLASK_CONTROLLER_HOST"),
+        controller_port=_port(env, "FLASK_CONTROLLER_PORT"),
+        train_host=_get(env, "FLASK_TRAIN_HOST"),
+        train_port=_port(env, "FLASK_TRAIN_PORT"),
+        home_dir=Path(_get(env, "HOME_DIR")).expanduser(),
+        controller_url=_get(env, "CONTROLLER_URL"),
+        database_url=database_url,
+        trainer_slots=_int(env, "TRAINER_SLOTS", minimum=1),
+        trainer_url=_get(env, "TRAINER_URL"),
+        trainer_id=_get(env, "TRAINER_ID"),
+        heartbeat_interval_s=_float(env, "HEARTBEAT_INTERVAL_S"),
+        lease_timeout_s=_float(env, "LEASE_TIMEOUT_S"),
+        max_attempts=_int(env, "MAX_ATTEMPTS", minimum=1),
+        scheduler_interval_s=_float(env, "SCHEDULER_INTERVAL_S"),
+        api_token=_token(env),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_MB", minimum=1) * 1024 * 1024,
+        predict_cache_models=_int(env, "PREDICT_CACHE_MODELS", minimum=1),
+        predict_max_batch=_int(env, "PREDICT_MAX_BATCH", minimum=1),
+        predict_max_inflight=_int(env, "PREDICT_MAX_INFLIGHT", minimum=1),
+        torch_threads=_int(env, "TORCH_THREADS") if _get(env, "TORCH_THREADS") else 0,
+        allow_downloads=_bool(env, "ALLOW_DOWNLOADS"),
+        force_cpu=_bool(env, "FORCE_CPU"),
+        gunicorn_workers=_int(env, "GUNICORN_WORKERS", minimum=1),
+        gunicorn_threads=_int(env, "GUNICORN_THREADS", minimum=1),
+        subnet_train=_get(env, "SUBNET_TRAIN"),
+    )
