@@ -157,7 +157,8 @@ def _token(env: Mapping[str, str]) -> str:
             return Path(path).read_text().strip()
         except OSError as exc:
             raise ConfigError(
-                f"Config 'CNN_SWARM_API_TOKEN_FILE' points to {path!r}, which cannot be read: {exc}."
+                f"Config 'CNN_SWARM_API_TOKEN_FILE' points to {path!r}, which cannot be read: "
+                f"{exc}."
             ) from None
     return ""
 

@@ -8,8 +8,8 @@ through that one function, so a model always sees what it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class ArrayDataset:
         return int(c), int(h), int(w)
 
     def subset(self, example_idxs: Sequence[int] | None) -> ArrayDataset:
-        """The training rows ``[start, end)`` (the seed's ``example_idxs``); the test split stays."""
+        """The training rows ``[start, end)`` (the seed's ``example_idxs``); test split unchanged."""
         if example_idxs is None:
             return self
         if (
