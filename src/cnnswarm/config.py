@@ -159,6 +159,7 @@ def _token(env: Mapping[str, str]) -> str:
             raise ConfigError(
                 f"Config 'CNN_SWARM_API_TOKEN_FILE' points to {path!r}, which cannot be read: "
                 f"{exc}."
+                f"{exc}."
             ) from None
     return ""
 

@@ -77,7 +77,7 @@ class ArrayDataset:
         return int(c), int(h), int(w)
 
     def subset(self, example_idxs: Sequence[int] | None) -> ArrayDataset:
-        """The training rows ``[start, end)`` (the seed's ``example_idxs``); test split unchanged."""
+        """The training rows ``[start, end)`` (the seed's ``example_idxs``); test is kept."""
         if example_idxs is None:
             return self
         if (
