@@ -1,0 +1,367 @@
+"""The training loop: one function, read top to bottom.
+
+``train`` takes a model name, an in-memory ``ArrayDataset`` and ``TrainOptions`` and returns a
+``TrainResult`` (the model artefact and per-epoch metrics). Along the way it hands out:
+
+- ``on_progress(Progress)`` a few times per epoch and after each epoch;
+- ``on_checkpoint(dict)`` after each epoch and, with ``checkpoint_every_batches=N``, after
+  every N-th batch. The dict holds model, optimizer and scheduler state, every RNG state, the
+  current epoch's data order and the position in it, and the metrics so far; it contains only
+  tensors and plain containers, so ``torch.load(weights_only=True)`` reads it back.
+
+Guarantee: ``train(..., resume_from=<such a dict>)`` continues the same run. On the CPU with
+the same thread count, a run stopped at a checkpoint (epoch boundary or mid-epoch) and resumed
+ends with bit-identical weights to a run that was never stopped.
+
+``should_cancel()`` is polled between batches; when it returns true ``TrainingCancelled`` is
+raised (the last checkpoint handed out is the place to resume from).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnswarm.errors import InvalidInput, TrainingCancelled
+from cnnswarm.ml.artifact import ModelArtifact, preprocessing_of
+from cnnswarm.ml.checkpoint import capture_rng_states, detached_copy, restore_rng_states
+from cnnswarm.ml.datasets.base import ArrayDataset, Normalization, normalize
+from cnnswarm.ml.models import ModelConfig
+from cnnswarm.ml.train_options import TrainOptions
+
+__all__ = ["CHECKPOINT_FORMAT", "Progress", "TrainOptions", "TrainResult", "train"]
+
+CHECKPOINT_FORMAT = "cnn-swarm-checkpoint"
+PROGRESS_CALLS_PER_EPOCH = 4
+EVAL_BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is: ``epoch`` is 1-based, ``batch`` counts batches done in that epoch."""
+
+    epoch: int
+    num_epochs: int
+    batch: int
+    num_batches: int
+    progress: float  # 0..1 over the whole run
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    artifact: ModelArtifact
+    metrics: list[dict[str, Any]]
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(requested: str | torch.device | None, opts: TrainOptions) -> torch.device:
+    """``force_cpu`` wins; then the explicit device; then CUDA when present; else the CPU."""
+    if opts.force_cpu:
+        return torch.device("cpu")
+    name = requested if requested is not None else opts.device
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput(f"device {name!r} requested but CUDA is not available", field="device")
+    return device
+
+
+def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW (``momentum`` is beta1)."""
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(),
+            lr=opts.lr,
+            betas=(opts.momentum, 0.999),
+            weight_decay=opts.weight_decay,
+        )
+    return torch.optim.SGD(
+        model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> Any:
+    """The per-epoch LR schedule; the seed's three modes keep the seed's parameters."""
+    sched = torch.optim.lr_scheduler
+    if opts.scheduler_mode == "multistep":
+        third = opts.num_epochs // 3
+        milestones = sorted({m for m in (third, 2 * third) if m >= 1})
+        return sched.MultiStepLR(optimizer, milestones, gamma=0.1)
+    if opts.scheduler_mode == "exponential":
+        return sched.ExponentialLR(optimizer, gamma=0.8)
+    if opts.scheduler_mode == "plateau":
+        return sched.ReduceLROnPlateau(
+            optimizer, factor=0.1, patience=2, threshold=0.2, min_lr=opts.lr * 0.01
+        )
+    if opts.scheduler_mode == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=opts.num_epochs)
+    return sched.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def _scheduler_state(scheduler: Any) -> dict[str, Any]:
+    # Milestones are a Counter (not weights_only-loadable) and are rebuilt from the options.
+    state = {
+        k: v for k, v in scheduler.state_dict().items() if k not in ("milestones", "lr_lambdas")
+    }
+    return dict(state)
+
+
+def _flip_some(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (on the uint8 batch: cheap)."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    x[flip] = x[flip].flip(3)
+    return x
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    normalization: Normalization,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> tuple[float | None, float | None]:
+    """Mean cross-entropy and accuracy on ``(x, y)`` in eval mode; ``(None, None)`` if empty."""
+    if len(x) == 0:
+        return None, None
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(x), EVAL_BATCH_SIZE):
+        xb = normalize(x[start : start + EVAL_BATCH_SIZE], normalization).to(device)
+        yb = y[start : start + EVAL_BATCH_SIZE].to(device)
+        with autocast():
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train()
+    return float(loss_sum) / len(x), int(correct) / len(x)
+
+
+def train(
+    model_type: str,
+    dataset: ArrayDataset,
+    opts: TrainOptions | Mapping[str, Any] | None,
+    *,
+    resume_from: Mapping[str, Any] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> TrainResult:
+    """Train ``model_type`` on ``dataset``; resume a checkpointed run when given its checkpoint.
+
+    When resuming, the options stored in the checkpoint are used (it is the same run).
+    ``threads`` sets torch's intra-op thread count (default: this process's CPU affinity).
+    """
+    # ---- options, device, threads -----------------------------------------------------------
+    if resume_from is not None:
+        if resume_from.get("format") != CHECKPOINT_FORMAT:
+            raise InvalidInput("resume_from is not a cnn-swarm checkpoint", field="resume_from")
+        if resume_from.get("model_type") != model_type:
+            raise InvalidInput(
+                f"checkpoint is for {resume_from.get('model_type')}, not {model_type}",
+                field="model_type",
+            )
+        opts = resume_from["train_opts"]
+    if not isinstance(opts, TrainOptions):
+        opts = TrainOptions.from_dict(opts, model_type=model_type)
+    if opts.seed is None:  # record the drawn seed so a resume (and the artefact) can repeat it
+        opts = replace(opts, seed=secrets.randbelow(2**31))
+    seed = int(opts.seed)  # type: ignore[arg-type]
+    run_device = resolve_device(device, opts)
+    torch.set_num_threads(threads if threads is not None else default_threads())
+    use_bf16 = opts.bf16
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=run_device.type, dtype=torch.bfloat16)
+
+    # ---- data: uint8 tensors built once; batches are gathered, flipped, then normalized -----
+    channels, height, width = dataset.input_shape
+    num_train = len(dataset.x_train)
+    if num_train == 0:
+        raise InvalidInput("the training set is empty", field="example_idxs")
+    x_train = torch.from_numpy(np.ascontiguousarray(dataset.x_train))
+    y_train = torch.from_numpy(np.ascontiguousarray(dataset.y_train))
+    x_test = torch.from_numpy(np.ascontiguousarray(dataset.x_test))
+    y_test = torch.from_numpy(np.ascontiguousarray(dataset.y_test))
+    batch_size = opts.batch_size
+    num_batches = -(-num_train // batch_size)
+
+    # ---- model, optimizer, schedule (seeded, so a fresh run is reproducible) -----------------
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    data_generator = torch.Generator().manual_seed(seed)  # data order and flips
+    config = ModelConfig(model_type, channels, height, width, len(dataset.classes))
+    model = config.build().to(run_device)
+    optimizer = make_optimizer(model, opts)
+    scheduler = make_scheduler(optimizer, opts)
+
+    # ---- where to start: the beginning, or exactly where the checkpoint left off -------------
+    start_epoch, start_batch = 0, 0
+    resumed_perm: torch.Tensor | None = None
+    resumed_epoch_state: dict[str, Any] | None = None
+    metrics: list[dict[str, Any]] = []
+    if resume_from is not None:
+        if resume_from["num_train"] != num_train:
+            raise InvalidInput(
+                f"checkpoint was taken on {resume_from['num_train']} training images, "
+                f"this dataset has {num_train}",
+                field="resume_from",
+            )
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        restore_rng_states(resume_from["rng"], data_generator)
+        start_epoch, start_batch = int(resume_from["epoch"]), int(resume_from["batch"])
+        resumed_perm = resume_from["perm"]
+        resumed_epoch_state = resume_from["epoch_state"]
+        metrics = [dict(m) for m in resume_from["metrics"]]
+
+    def checkpoint(epoch: int, batch: int, perm: Any, epoch_state: Any) -> dict[str, Any]:
+        """All that continuing from (epoch, batch) needs; safe to keep while training goes on."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "model_type": model_type,
+            "model_config": config.to_json(),
+            "train_opts": opts.to_dict(),
+            "num_train": num_train,
+            "model": detached_copy(model.state_dict()),
+            "optimizer": detached_copy(optimizer.state_dict()),
+            "scheduler": _scheduler_state(scheduler),
+            "rng": capture_rng_states(data_generator),
+            "epoch": epoch,
+            "batch": batch,
+            "perm": None if perm is None else perm.clone(),
+            "epoch_state": detached_copy(epoch_state),
+            "metrics": [dict(m) for m in metrics],
+        }
+
+    def report(epoch: int, batch: int) -> None:
+        if on_progress is not None:
+            done = (epoch * num_batches + batch) / (opts.num_epochs * num_batches)
+            on_progress(Progress(epoch + 1, opts.num_epochs, batch, num_batches, done, metrics))
+
+    progress_every = max(1, num_batches // PROGRESS_CALLS_PER_EPOCH)
+    checkpoint_every = opts.checkpoint_every_batches
+    wants_batch_checkpoints = on_checkpoint is not None and checkpoint_every > 0
+    model.train()
+
+    # ---- the loop ----------------------------------------------------------------------------
+    for epoch in range(start_epoch, opts.num_epochs):
+        epoch_started = time.perf_counter()
+        if resumed_perm is not None and epoch == start_epoch:
+            perm, first_batch = resumed_perm, start_batch
+            state = resumed_epoch_state or {}
+            loss_sum, correct = state["loss_sum"].to(run_device), state["correct"].to(run_device)
+            train_time_s = float(state["train_time_s"])
+        else:
+            perm, first_batch = torch.randperm(num_train, generator=data_generator), 0
+            # Running sums stay on the device: no per-batch .item() sync.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=run_device)
+            correct = torch.zeros((), dtype=torch.int64, device=run_device)
+            train_time_s = 0.0
+        lr = optimizer.param_groups[0]["lr"]
+
+        batch_started = time.perf_counter()
+        for batch in range(first_batch, num_batches):
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, batch {batch}")
+            idx = perm[batch * batch_size : (batch + 1) * batch_size]
+            xb = x_train[idx]  # a gathered copy, safe to flip in place
+            if opts.augment:
+                xb = _flip_some(xb, data_generator)
+            xb = normalize(xb, dataset.normalization).to(run_device, non_blocking=True)
+            yb = y_train[idx].to(run_device, non_blocking=True)
+
+            with autocast():
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
+
+            done_in_epoch = batch + 1
+            if done_in_epoch == num_batches:
+                break  # the end-of-epoch checkpoint and report follow
+            global_batch = epoch * num_batches + done_in_epoch
+            if wants_batch_checkpoints and global_batch % checkpoint_every == 0:
+                elapsed = train_time_s + time.perf_counter() - batch_started
+                epoch_state = {"loss_sum": loss_sum, "correct": correct, "train_time_s": elapsed}
+                on_checkpoint(checkpoint(epoch, done_in_epoch, perm, epoch_state))  # type: ignore[misc]
+            if done_in_epoch % progress_every == 0:
+                report(epoch, done_in_epoch)
+        train_time_s += time.perf_counter() - batch_started
+
+        # ---- end of epoch: evaluate, record, step the schedule, checkpoint ------------------
+        train_loss = float(loss_sum) / num_train
+        test_loss, test_accuracy = evaluate(
+            model, x_test, y_test, dataset.normalization, run_device, autocast
+        )
+        metrics.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_accuracy": int(correct) / num_train,
+                "test_loss": test_loss,
+                "test_accuracy": test_accuracy,
+                "lr": lr,
+                "images_per_s": num_train / train_time_s if train_time_s > 0 else None,
+                "duration_s": train_time_s + time.perf_counter() - epoch_started,
+            }
+        )
+        if opts.scheduler_mode == "plateau":
+            scheduler.step(train_loss)  # the seed steps on the training loss
+        else:
+            scheduler.step()
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint(epoch + 1, 0, None, None))
+        if epoch + 1 < opts.num_epochs:
+            report(epoch + 1, 0)
+        else:
+            report(epoch, num_batches)
+
+    # ---- result ------------------------------------------------------------------------------
+    model.eval()
+    artifact = ModelArtifact(
+        model_type=model_type,
+        model_config=config.to_json(),
+        classes=list(dataset.classes),
+        preprocessing=preprocessing_of(dataset),
+        metrics=[dict(m) for m in metrics],
+        dataset=dataset.info(),
+        train_opts=opts.to_dict(),
+        state_dict=detached_copy(model.state_dict()),
+    )
+    return TrainResult(artifact=artifact, metrics=metrics)
