@@ -1,0 +1,176 @@
+"""The trainer's Flask app: the seed's trainer routes plus dispatch, cancel and health.
+
+``create_app(settings)`` builds the app and its ``TrainerService`` (``app.extensions
+["trainer_service"]``) and starts nothing; ``create_app(settings, start_background=True)`` (what
+gunicorn runs, one worker) also starts the service: the heartbeat agent and the job watcher.
+
+Readiness: ``/readyz`` is 200 once the service is started, i.e. once the trainer can accept
+jobs. It does not wait for the controller: an orchestrator that restarts "unready" trainers
+would otherwise kill running jobs whenever the controller is away; ``controller_reachable`` in
+the body (and in ``/status``) says whether the last heartbeat got through.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, Response, jsonify
+
+from cnnswarm.config import Settings, load_settings
+from cnnswarm.errors import NotFound
+from cnnswarm.http import json_body, register_error_handlers, require_token
+from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
+from cnnswarm.trainer.controller_api import ControllerClient
+from cnnswarm.trainer.runner import JobRunner, StopReason, parse_dispatch
+
+log = logging.getLogger(__name__)
+
+# How often the watcher drains progress and reaps finished children.
+WATCH_INTERVAL_S = 0.2
+
+INDEX_HTML = (
+    "<!doctype html><title>cnn-swarm trainer</title>"
+    "<h1>cnn-swarm trainer is running</h1>"
+    '<p>See <a href="/status">/status</a>.</p>'
+)
+
+
+class TrainerService:
+    """A trainer's moving parts: the job runner, the heartbeat agent and the watcher thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.trainer_id = make_trainer_id(settings)
+        self.url = announced_url(settings)
+        self.client = ControllerClient(settings.resolved_controller_url, settings.api_token)
+        self.runner = JobRunner(settings, self.client)
+        self.agent = HeartbeatAgent(
+            settings, self.runner, self.client, trainer_id=self.trainer_id, url=self.url
+        )
+        self.started = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the job watcher and the heartbeat agent (idempotent)."""
+        if self.started:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="job-watcher", daemon=True)
+        self._watcher.start()
+        self.agent.start()
+        self.started = True
+        log.info(
+            "trainer %s at %s serving %d slot(s); controller %s",
+            self.trainer_id,
+            self.url,
+            self.runner.slots,
+            self.settings.resolved_controller_url,
+        )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                self.runner.poll()
+            except Exception:  # the watcher must outlive any one bad round
+                log.exception("job watcher round failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the agent, every job and the watcher."""
+        self.agent.stop(timeout)
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        self.runner.shutdown(timeout)
+        self.started = False
+
+    def status(self) -> dict[str, Any]:
+        """The seed's ``/status`` body plus this trainer's identity and capacity."""
+        return {
+            "jobs": self.runner.status(),
+            "trainer_id": self.trainer_id,
+            "url": self.url,
+            "slots": self.runner.slots,
+            "free_slots": self.runner.free_slots(),
+            "controller_reachable": self.agent.controller_reachable,
+        }
+
+
+def create_app(settings: Settings | None = None, *, start_background: bool = False) -> Flask:
+    """Build the trainer app (``settings`` default: from the environment).
+
+    With ``start_background`` the service's threads start now; run it under one gunicorn
+    worker without ``--preload`` (threads do not survive a fork).
+    """
+    settings = settings if settings is not None else load_settings()
+    service = TrainerService(settings)
+    app = Flask(__name__)
+    app.extensions["trainer_service"] = service
+    register_error_handlers(app)
+    token_required = require_token(lambda: settings.api_token)
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(INDEX_HTML, mimetype="text/html")
+
+    @app.get("/type")
+    def type_() -> Response:
+        return jsonify({"type": "train"})
+
+    @app.get("/status")
+    def status() -> Response:
+        return jsonify(service.status())
+
+    @app.post("/train")
+    @token_required
+    def train() -> tuple[Response, int]:
+        body = json_body()
+        if "job_id" not in body:
+            return _forward_seed_train(service, body)
+        dispatch = parse_dispatch(body)
+        service.runner.start(dispatch)
+        return jsonify({"status": {"initiated": True}, "job_id": dispatch.job_id}), 202
+
+    @app.post("/jobs/<job_id>/cancel")
+    @token_required
+    def cancel(job_id: str) -> Response:
+        job = service.runner.job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} is not running on this trainer")
+        stopping = service.runner.stop(job_id, StopReason.CANCELLED)
+        return jsonify({"job_id": job_id, "cancelled": stopping, "state": job.phase.value})
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "alive"})
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        body = {
+            "ready": service.started,
+            "free_slots": service.runner.free_slots(),
+            "controller_reachable": service.agent.controller_reachable,
+        }
+        return jsonify(body), 200 if service.started else 503
+
+    if start_background:
+        service.start()
+    return app
+
+
+def _forward_seed_train(service: TrainerService, body: dict[str, Any]) -> tuple[Response, int]:
+    """A seed ``/train`` body sent to a trainer becomes a new job on the controller."""
+    job = {
+        "dataset": body.get("dataset") or "cifar10",
+        "model_type": body.get("model_type"),
+        "model_id": body.get("model_id"),
+        "example_idxs": body.get("example_idxs"),
+        "train_opts": body.get("train_opts"),
+    }
+    job = {key: value for key, value in job.items() if value is not None}
+    status_code, answer = service.client.create_job(job)
+    if 200 <= status_code < 300:
+        job_id = answer.get("id") if isinstance(answer, dict) else None
+        return jsonify({"status": {"initiated": True}, "job_id": job_id}), 200
+    return jsonify(answer), status_code

@@ -1,0 +1,160 @@
+"""What runs inside a job's child process: fetch data, resume, train, publish.
+
+Guarantees:
+- The child talks to its parent only through ``messages`` (progress while training, then one
+  final ``{"kind": "succeeded" | "failed" | "cancelled" | "fenced"}``); a child that dies
+  before sending a final message is reported by the parent with its exit code.
+- A 409 from the controller (``StaleAttempt``) stops the job at once: another attempt owns it.
+- While the controller is away the job keeps training; checkpoints that cannot be delivered
+  are skipped (the next one supersedes them); the result is retried until delivered, fenced or
+  the job is stopped.
+- If the parent process dies, the child exits too (no orphan keeps training).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnswarm.errors import StaleAttempt, TrainingCancelled
+from cnnswarm.trainer.controller_api import (
+    ControllerClient,
+    ControllerUnavailable,
+    RetriesAborted,
+    RetryPolicy,
+)
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+log = logging.getLogger(__name__)
+
+# A checkpoint is worth a short wait, not a stalled training run.
+CHECKPOINT_POLICY = RetryPolicy(deadline_s=10.0)
+# Exit code of a child whose parent vanished.
+PARENT_GONE_EXIT_CODE = 70
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One attempt of one job, as the controller dispatches it to ``POST /train``."""
+
+    job_id: str
+    attempt: int
+    model_id: str
+    model_type: str
+    dataset: str
+    example_idxs: list[int] | None
+    train_opts: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """What a child needs from the trainer's settings (picklable, no secrets beyond the token)."""
+
+    controller_url: str
+    api_token: str
+    cache_dir: Path
+    torch_threads: int
+    force_cpu: bool
+
+
+def _exit_when_parent_dies() -> None:
+    """Start a daemon thread that ends this process as soon as its parent is gone."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def child_main(
+    dispatch: Dispatch, config: ChildConfig, messages: Queue[dict[str, Any]], cancel: Event
+) -> None:
+    """Entry point of a job's child process: run the job, send one final message."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s job {dispatch.job_id}: %(levelname)s %(message)s"
+    )
+    _exit_when_parent_dies()
+    final: dict[str, Any]
+    try:
+        run_job(dispatch, config, messages, cancel)
+        final = {"kind": "succeeded"}
+    except (TrainingCancelled, RetriesAborted):
+        final = {"kind": "cancelled"}
+    except StaleAttempt as exc:
+        log.warning("fenced: %s", exc)
+        final = {"kind": "fenced", "error": str(exc)}
+    except Exception as exc:
+        log.exception("job failed")
+        final = {"kind": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": False}
+    messages.put(final)
+    messages.close()
+    messages.join_thread()
+
+
+def run_job(
+    dispatch: Dispatch, config: ChildConfig, messages: Queue[dict[str, Any]], cancel: Event
+) -> None:
+    """Fetch the dataset and latest checkpoint, train, and publish the model artefact."""
+    # Imported here: the trainer's parent process never needs torch.
+    import torch
+
+    from cnnswarm.ml.artifact import artifact_to_bytes
+    from cnnswarm.ml.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+    from cnnswarm.ml.datasets import ArrayDataset
+    from cnnswarm.ml.train import Progress, TrainOptions, train
+
+    torch.set_num_threads(config.torch_threads)
+    client = ControllerClient(config.controller_url, config.api_token, should_stop=cancel.is_set)
+
+    dataset_file = client.fetch_dataset(dispatch.dataset, config.cache_dir)
+    dataset = ArrayDataset.load_npz(dataset_file).subset(dispatch.example_idxs)
+    opts = TrainOptions.from_dict(dispatch.train_opts, model_type=dispatch.model_type)
+    checkpoint_bytes = client.get_checkpoint(dispatch.job_id)
+    resume_from = checkpoint_from_bytes(checkpoint_bytes) if checkpoint_bytes else None
+    if resume_from is not None:
+        log.info("resuming attempt %d from a checkpoint", dispatch.attempt)
+
+    def on_progress(progress: Progress) -> None:
+        messages.put(
+            {
+                "kind": "progress",
+                "progress": float(progress.progress),
+                "epoch": int(progress.epoch),
+                "metrics": [dict(m) for m in progress.metrics],
+            }
+        )
+
+    def on_checkpoint(checkpoint: dict[str, Any]) -> None:
+        data = checkpoint_to_bytes(checkpoint)
+        try:
+            client.put_checkpoint(dispatch.job_id, dispatch.attempt, data, policy=CHECKPOINT_POLICY)
+        except ControllerUnavailable as exc:
+            log.warning("checkpoint not delivered (training goes on): %s", exc)
+
+    result = train(
+        dispatch.model_type,
+        dataset,
+        opts,
+        resume_from=resume_from,
+        on_progress=on_progress,
+        on_checkpoint=on_checkpoint,
+        should_cancel=cancel.is_set,
+        device="cpu" if config.force_cpu else None,
+        threads=config.torch_threads,
+    )
+    if cancel.is_set():
+        raise TrainingCancelled()
+    client.post_result(dispatch.job_id, dispatch.attempt, artifact_to_bytes(result.artifact))

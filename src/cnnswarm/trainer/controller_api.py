@@ -1,0 +1,296 @@
+"""The trainer's side of the trainer ↔ controller protocol (docs/internals.md).
+
+Every call carries ``Authorization: Bearer <token>`` when a token is configured, and every write
+for a job carries its ``attempt``. The controller may be restarting at any moment, so calls
+retry with capped exponential back-off on connection errors and 5xx answers; only a 409 means
+"stop": it raises ``StaleAttempt`` (this attempt no longer owns the job) and is never retried.
+A 4xx other than 409 is the controller's final word and raises the matching ``CnnSwarmError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from cnnswarm.errors import (
+    CnnSwarmError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StaleAttempt,
+    Unauthorized,
+    Unprocessable,
+)
+from cnnswarm.http import auth_headers
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait for a connection / for the answer's first byte; big bodies stream after that.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+
+
+class ControllerUnavailable(CnnSwarmError):
+    """The controller could not be reached (or kept failing) within the retry budget."""
+
+    status = 503
+    code = "ControllerUnavailable"
+
+
+class RetriesAborted(Exception):
+    """A retry loop was abandoned because the caller asked to stop (the job is being stopped)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential back-off; ``deadline_s=None`` retries until ``should_stop`` says so."""
+
+    deadline_s: float | None = 30.0
+    first_delay_s: float = 0.2
+    max_delay_s: float = 5.0
+
+
+# Heartbeats must not linger: the agent's loop does its own back-off between rounds.
+ONE_TRY = RetryPolicy(deadline_s=0.0)
+
+
+def _error_from_answer(response: requests.Response, what: str) -> CnnSwarmError:
+    """The ``CnnSwarmError`` a final (non-retried) 4xx answer stands for."""
+    try:
+        body = response.json()
+        message = str(body.get("error") or body.get("exception") or response.reason)
+    except ValueError:
+        body, message = {}, response.text[:200] or response.reason
+    text = f"{what}: controller answered {response.status_code}: {message}"
+    error_types: dict[int, type[CnnSwarmError]] = {
+        400: InvalidInput,
+        401: Unauthorized,
+        403: Unauthorized,
+        404: NotFound,
+        422: Unprocessable,
+    }
+    if response.status_code == 409:
+        if isinstance(body, dict) and body.get("exception") not in (None, "StaleAttempt"):
+            return Conflict(text)
+        return StaleAttempt(text)
+    return error_types.get(response.status_code, InvalidInput)(text)
+
+
+class ControllerClient:
+    """Calls from a trainer (its agent or a job's child process) to the controller.
+
+    ``should_stop`` is polled while backing off; when it returns True the retry loop raises
+    ``RetriesAborted`` so a cancelled job does not wait for an absent controller.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str = "",
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.should_stop = should_stop or (lambda: False)
+        self.session = session or requests.Session()
+
+    # -- the retry loop ---------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        policy: RetryPolicy,
+        ok: tuple[int, ...] = (200, 201, 202, 204),
+        final: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send until an answer in ``ok`` or ``final`` comes back; raise for other 4xx.
+
+        Connection errors and 5xx answers are retried with back-off until the policy's
+        deadline, then ``ControllerUnavailable`` is raised.
+        """
+        url = self.base_url + path
+        headers = {**auth_headers(self.token), **kwargs.pop("headers", {})}
+        started = time.monotonic()
+        delay = policy.first_delay_s
+        what = f"{method} {path}"
+        while True:
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                    **kwargs,
+                )
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code in ok or response.status_code in final:
+                    return response
+                if response.status_code < 500:
+                    raise _error_from_answer(response, what)
+                problem = f"HTTP {response.status_code}"
+                response.close()
+            elapsed = time.monotonic() - started
+            if policy.deadline_s is not None and elapsed + delay > policy.deadline_s:
+                raise ControllerUnavailable(f"{what} failed for {elapsed:.1f} s: {problem}")
+            log.warning("%s failed (%s); retrying in %.1f s", what, problem, delay)
+            self._sleep_unless_stopped(delay)
+            delay = min(delay * 2, policy.max_delay_s)
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.should_stop():
+                raise RetriesAborted("stop requested while waiting for the controller")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def heartbeat(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /internal/v1/heartbeat once (no retry); the answer's JSON object."""
+        response = self._request("POST", "/internal/v1/heartbeat", policy=ONE_TRY, json=body)
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise ControllerUnavailable("heartbeat answer is not a JSON object")
+        return answer
+
+    def fetch_dataset(
+        self, dataset_id: str, cache_dir: Path, *, policy: RetryPolicy = RetryPolicy(None)
+    ) -> Path:
+        """The dataset's npz file, from the local cache when the controller's ETag still matches.
+
+        Files live under ``cache_dir/<hash of id>/<hash of ETag>.npz`` and are written
+        atomically (temp file + rename), so concurrent jobs and crashes never see a torn file.
+        """
+        folder = cache_dir / hashlib.sha256(dataset_id.encode()).hexdigest()[:24]
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_path = folder / "current.json"
+        cached: Path | None = None
+        headers: dict[str, str] = {}
+        try:
+            meta = json.loads(meta_path.read_text())
+            candidate = folder / str(meta["file"])
+            if candidate.is_file() and meta.get("etag"):
+                cached = candidate
+                headers["If-None-Match"] = str(meta["etag"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        path = f"/internal/v1/datasets/{quote(dataset_id, safe='')}/arrays"
+        response = self._request(
+            "GET", path, policy=policy, final=(304,), headers=headers, stream=True
+        )
+        with response:
+            if response.status_code == 304:
+                if cached is None:
+                    raise ControllerUnavailable(f"GET {path}: 304 without a cached copy")
+                return cached
+            etag = response.headers.get("ETag", "")
+            name = (hashlib.sha256(etag.encode()).hexdigest()[:24] if etag else "latest") + ".npz"
+            target = folder / name
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".download.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp_name, target)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+        if etag:
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".meta.", suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"etag": etag, "file": name}, fh)
+            os.replace(tmp_name, meta_path)
+        return target
+
+    def get_checkpoint(
+        self, job_id: str, *, policy: RetryPolicy = RetryPolicy(None)
+    ) -> bytes | None:
+        """The job's latest checkpoint bytes, or None when it has none (404)."""
+        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/checkpoint"
+        response = self._request("GET", path, policy=policy, ok=(200,), final=(404,))
+        if response.status_code == 404:
+            return None
+        return response.content
+
+    def put_checkpoint(
+        self, job_id: str, attempt: int, data: bytes, *, policy: RetryPolicy = RetryPolicy()
+    ) -> None:
+        """Store a checkpoint for this attempt; ``StaleAttempt`` when fenced."""
+        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/checkpoint"
+        self._request(
+            "PUT",
+            path,
+            policy=policy,
+            params={"attempt": attempt},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def post_result(
+        self, job_id: str, attempt: int, data: bytes, *, policy: RetryPolicy = RetryPolicy(None)
+    ) -> None:
+        """Publish the final model artefact; ``StaleAttempt`` when fenced."""
+        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/result"
+        self._request(
+            "POST",
+            path,
+            policy=policy,
+            params={"attempt": attempt},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def post_failure(
+        self,
+        job_id: str,
+        attempt: int,
+        error: str,
+        retryable: bool,
+        *,
+        policy: RetryPolicy = RetryPolicy(300.0),
+    ) -> None:
+        """Report that this attempt failed; ``StaleAttempt`` when fenced."""
+        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/failure"
+        body = {"attempt": attempt, "error": error, "retryable": retryable}
+        self._request("POST", path, policy=policy, json=body)
+
+    def create_job(self, body: Mapping[str, Any]) -> tuple[int, Any]:
+        """POST /api/v1/jobs once; the controller's status and JSON answer, whatever they are."""
+        try:
+            response = self.session.post(
+                self.base_url + "/api/v1/jobs",
+                json=body,
+                headers=auth_headers(self.token),
+                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+            )
+        except requests.RequestException as exc:
+            raise ControllerUnavailable(
+                f"the controller at {self.base_url} cannot be reached: {type(exc).__name__}"
+            ) from exc
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, {"exception": "ControllerError", "error": response.text}

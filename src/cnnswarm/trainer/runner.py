@@ -1,0 +1,443 @@
+"""The trainer's job runner: one child process per job, at most ``slots`` at a time.
+
+Guarantees:
+- Each job runs in its own spawned child process: a crash (exception, segfault, OOM kill)
+  ends only that job; the runner reports it as failed and keeps serving.
+- A job that ends with an exception is reported failed with ``"<ExcType>: message"``; a child
+  that dies without a final message is reported failed with its exit code. A job stopped on
+  purpose (cancel, dropped by the controller, self-fenced) is never reported as failed.
+- Stopping sets the child's cancel event (checked between batches and while waiting for the
+  controller); a child still alive ``stop_grace_s`` later is terminated, then killed.
+- The runner holds no state worth keeping: the controller owns jobs; after a trainer restart the
+  controller's leases expire and the jobs resume elsewhere from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from cnnswarm.config import Settings
+from cnnswarm.errors import Conflict, InvalidInput, StaleAttempt
+from cnnswarm.trainer.child import ChildConfig, Dispatch, child_main
+from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavailable
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+log = logging.getLogger(__name__)
+
+# Finished jobs kept for GET /status (the seed shows completed jobs there).
+FINISHED_JOBS_KEPT = 200
+DEFAULT_STOP_GRACE_S = 5.0
+
+ChildTarget = Callable[[Dispatch, ChildConfig, "Queue[dict[str, Any]]", "Event"], None]
+
+
+class JobPhase(StrEnum):
+    """Where a job stands on this trainer.
+
+    ``running`` → ``stopping`` (stop requested) → one of the final phases; ``running`` may also
+    end directly in ``succeeded`` or ``failed``.
+    """
+
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped by a cancel request
+    DROPPED = "dropped"  # stopped because the controller said so (cancelled or reassigned)
+    FENCED = "fenced"  # stopped because this attempt lost its lease (409 or self-fencing)
+
+    @property
+    def is_final(self) -> bool:
+        """True when the job's child has ended."""
+        return self not in (JobPhase.RUNNING, JobPhase.STOPPING)
+
+
+class StopReason(StrEnum):
+    """Why the runner stops a job; maps to the job's final phase."""
+
+    CANCELLED = "cancelled"
+    DROPPED = "dropped"
+    FENCED = "fenced"
+
+
+def _dispatch_field(body: Mapping[str, Any], name: str, kind: type, *, optional: bool) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidInput(f"'{name}' must be a {kind.__name__}", field=name)
+    return value
+
+
+def parse_dispatch(body: Mapping[str, Any]) -> Dispatch:
+    """Validate a ``POST /train`` dispatch body; ``InvalidInput`` names the bad field."""
+    job_id = _dispatch_field(body, "job_id", str, optional=False)
+    if not job_id:
+        raise InvalidInput("'job_id' must not be empty", field="job_id")
+    attempt = _dispatch_field(body, "attempt", int, optional=False)
+    if attempt < 1:
+        raise InvalidInput("'attempt' must be >= 1", field="attempt")
+    example_idxs = body.get("example_idxs")
+    if example_idxs is not None and (
+        not isinstance(example_idxs, list)
+        or len(example_idxs) != 2
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in example_idxs)
+    ):
+        raise InvalidInput("'example_idxs' must be null or [start, end]", field="example_idxs")
+    return Dispatch(
+        job_id=job_id,
+        attempt=attempt,
+        model_id=_dispatch_field(body, "model_id", str, optional=False),
+        model_type=_dispatch_field(body, "model_type", str, optional=False),
+        dataset=_dispatch_field(body, "dataset", str, optional=False),
+        example_idxs=example_idxs,
+        train_opts=_dispatch_field(body, "train_opts", dict, optional=True),
+    )
+
+
+def child_torch_threads(settings: Settings) -> int:
+    """Torch threads for one job: ``settings.torch_threads``, else this host's CPUs / slots."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // settings.trainer_slots)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """A human description of a child's exit code (negative = killed by a signal)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name} (exit code {exitcode})"
+    return f"exit code {exitcode}"
+
+
+@dataclass
+class TrackedJob:
+    """One attempt of one job on this trainer, with its child process."""
+
+    dispatch: Dispatch
+    process: BaseProcess
+    messages: Queue[dict[str, Any]]
+    cancel: Event
+    started_at: float = field(default_factory=time.monotonic)
+    ended_at: float | None = None
+    phase: JobPhase = JobPhase.RUNNING
+    progress: float = 0.0
+    epoch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    stop_reason: StopReason | None = None
+    stop_requested_at: float | None = None
+    final_message: dict[str, Any] | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The seed's per-job status entry plus this trainer's extras."""
+        end = self.ended_at if self.ended_at is not None else time.monotonic()
+        entry: dict[str, Any] = {
+            "duration": round(end - self.started_at, 3),
+            "progress": 100.0
+            if self.phase is JobPhase.SUCCEEDED
+            else round(self.progress * 100, 2),
+            "complete": self.phase.is_final,
+            "state": self.phase.value,
+            "attempt": self.dispatch.attempt,
+            "model_id": self.dispatch.model_id,
+            "epoch": self.epoch,
+        }
+        if self.error:
+            entry["error"] = self.error
+        return entry
+
+    def heartbeat_entry(self) -> dict[str, Any]:
+        """This job as the heartbeat reports it."""
+        return {
+            "job_id": self.dispatch.job_id,
+            "attempt": self.dispatch.attempt,
+            "progress": self.progress,
+            "epoch": self.epoch,
+            "metrics": list(self.metrics),
+        }
+
+
+class JobRunner:
+    """Starts, watches, stops and reaps job child processes (thread-safe).
+
+    ``poll()`` does one round of the watching (drain progress, reap exits, enforce stop
+    deadlines); the service calls it from a background thread, tests call it directly.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ControllerClient,
+        *,
+        child_target: ChildTarget = child_main,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.slots = settings.trainer_slots
+        self.child_target = child_target
+        self.stop_grace_s = stop_grace_s
+        self.child_config = ChildConfig(
+            controller_url=settings.resolved_controller_url,
+            api_token=settings.api_token,
+            cache_dir=settings.home_dir / "trainer-cache",
+            torch_threads=child_torch_threads(settings),
+            force_cpu=settings.force_cpu,
+        )
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.RLock()
+        # Keyed by (job_id, attempt): a replaced attempt is still watched until its child ends.
+        self._jobs: OrderedDict[tuple[str, int], TrackedJob] = OrderedDict()
+        self._reporters: list[threading.Thread] = []
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _active(self) -> list[TrackedJob]:
+        return [job for job in self._jobs.values() if not job.phase.is_final]
+
+    def free_slots(self) -> int:
+        """Slots not taken by a live child (a stopping child still holds its slot)."""
+        with self._lock:
+            return max(0, self.slots - len(self._active()))
+
+    def job(self, job_id: str) -> TrackedJob | None:
+        """The latest tracked attempt of this job (running or recently finished), if any."""
+        with self._lock:
+            attempts = [job for (jid, _), job in self._jobs.items() if jid == job_id]
+            return max(attempts, key=lambda job: job.dispatch.attempt) if attempts else None
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """``{job_id: status entry}`` (its latest attempt) for running and recent jobs."""
+        with self._lock:
+            latest: dict[str, TrackedJob] = {}
+            for (job_id, _), job in self._jobs.items():
+                if job_id not in latest or job.dispatch.attempt > latest[job_id].dispatch.attempt:
+                    latest[job_id] = job
+            return {job_id: job.status() for job_id, job in latest.items()}
+
+    def heartbeat_jobs(self) -> list[dict[str, Any]]:
+        """The jobs this trainer runs, as the heartbeat reports them."""
+        with self._lock:
+            return [job.heartbeat_entry() for job in self._active()]
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def start(self, dispatch: Dispatch) -> TrackedJob:
+        """Start ``dispatch`` in a new child; ``Conflict`` when no slot is free.
+
+        The same job and attempt dispatched twice is accepted once (idempotent); a newer attempt
+        of a job still running here replaces the older one (which has lost its lease).
+        """
+        with self._lock:
+            for current in self._active():
+                if current.dispatch.job_id != dispatch.job_id:
+                    continue
+                if current.dispatch.attempt == dispatch.attempt:
+                    return current
+                if current.dispatch.attempt > dispatch.attempt:
+                    raise Conflict(
+                        f"job {dispatch.job_id} already runs a newer attempt "
+                        f"({current.dispatch.attempt}) here",
+                        field="attempt",
+                    )
+                self._request_stop(current, StopReason.FENCED)
+            if not self.free_slots():
+                raise Conflict(f"no free slot: all {self.slots} slot(s) of this trainer are busy")
+            messages: Queue[dict[str, Any]] = self._context.Queue()
+            cancel = self._context.Event()
+            process = self._context.Process(
+                target=self.child_target,
+                args=(dispatch, self.child_config, messages, cancel),
+                name=f"job-{dispatch.job_id}-{dispatch.attempt}",
+                daemon=True,
+            )
+            process.start()
+            job = TrackedJob(dispatch=dispatch, process=process, messages=messages, cancel=cancel)
+            self._jobs.pop((dispatch.job_id, dispatch.attempt), None)
+            self._jobs[(dispatch.job_id, dispatch.attempt)] = job
+            self._forget_old_finished()
+            log.info(
+                "job %s attempt %d started (pid %s)", dispatch.job_id, dispatch.attempt, process.pid
+            )
+            return job
+
+    def stop(self, job_id: str, reason: StopReason, *, attempt: int | None = None) -> bool:
+        """Ask a running job to stop (only attempts <= ``attempt`` when given).
+
+        Returns True when a stop was requested (or was already under way).
+        """
+        with self._lock:
+            matching = [
+                job
+                for job in self._active()
+                if job.dispatch.job_id == job_id
+                and (attempt is None or job.dispatch.attempt <= attempt)
+            ]
+            for job in matching:
+                self._request_stop(job, reason)
+            return bool(matching)
+
+    def stop_all(self, reason: StopReason) -> list[str]:
+        """Stop every running job; the ids stopped."""
+        with self._lock:
+            stopped = [job for job in self._active() if job.phase is JobPhase.RUNNING]
+            for job in stopped:
+                self._request_stop(job, reason)
+            return [job.dispatch.job_id for job in stopped]
+
+    def _request_stop(self, job: TrackedJob, reason: StopReason) -> None:
+        if job.stop_reason is None:
+            job.stop_reason = reason
+            job.stop_requested_at = time.monotonic()
+            job.phase = JobPhase.STOPPING
+            log.info(
+                "stopping job %s attempt %d: %s",
+                job.dispatch.job_id,
+                job.dispatch.attempt,
+                reason.value,
+            )
+        job.cancel.set()
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """One watching round: apply children's messages, reap exits, enforce stop deadlines."""
+        with self._lock:
+            active = self._active()
+        for job in active:
+            self._drain(job)
+            if job.process.exitcode is not None:
+                self._drain(job)  # a child flushes its queue before it exits
+                self._reap(job)
+            elif job.stop_requested_at is not None:
+                overdue = time.monotonic() - job.stop_requested_at - self.stop_grace_s
+                if overdue > 2.0:
+                    job.process.kill()
+                elif overdue > 0:
+                    job.process.terminate()
+
+    def _drain(self, job: TrackedJob) -> None:
+        while True:
+            try:
+                message = job.messages.get_nowait()
+            except (queue.Empty, EOFError, OSError, ValueError):
+                return
+            with self._lock:
+                if message.get("kind") == "progress":
+                    job.progress = float(message.get("progress", job.progress))
+                    job.epoch = int(message.get("epoch", job.epoch))
+                    job.metrics = list(message.get("metrics", job.metrics))
+                else:
+                    job.final_message = message
+
+    def _reap(self, job: TrackedJob) -> None:
+        """Decide a finished child's outcome and report a failure when one is due."""
+        final = job.final_message or {}
+        kind = final.get("kind")
+        report: tuple[str, bool] | None = None
+        with self._lock:
+            job.ended_at = time.monotonic()
+            if kind == "succeeded":
+                job.phase, job.progress = JobPhase.SUCCEEDED, 1.0
+            elif kind == "fenced":
+                job.phase, job.error = JobPhase.FENCED, final.get("error")
+            elif job.stop_reason is not None or kind == "cancelled":
+                job.phase = {
+                    StopReason.CANCELLED: JobPhase.CANCELLED,
+                    StopReason.DROPPED: JobPhase.DROPPED,
+                    StopReason.FENCED: JobPhase.FENCED,
+                    None: JobPhase.CANCELLED,
+                }[job.stop_reason]
+            elif kind == "failed":
+                job.phase, job.error = JobPhase.FAILED, str(final.get("error"))
+                report = (job.error, bool(final.get("retryable", False)))
+            else:
+                exitcode = job.process.exitcode
+                job.phase = JobPhase.FAILED
+                job.error = f"the job's process died without a report: {describe_exit(exitcode)}"
+                # A kill by a signal (typically the OOM killer) may not recur on another try.
+                report = (job.error, exitcode is not None and exitcode < 0)
+        log.info(
+            "job %s attempt %d ended: %s%s",
+            job.dispatch.job_id,
+            job.dispatch.attempt,
+            job.phase.value,
+            f" ({job.error})" if job.error else "",
+        )
+        job.process.join(timeout=1.0)
+        job.messages.close()
+        if report is not None:
+            self._report_failure_in_background(job.dispatch, *report)
+
+    def _report_failure_in_background(
+        self, dispatch: Dispatch, error: str, retryable: bool
+    ) -> None:
+        def report() -> None:
+            try:
+                self.client.post_failure(dispatch.job_id, dispatch.attempt, error, retryable)
+            except StaleAttempt:
+                log.info(
+                    "failure of job %s attempt %d not recorded: the attempt is stale",
+                    dispatch.job_id,
+                    dispatch.attempt,
+                )
+            except (ControllerUnavailable, Exception):
+                log.exception("could not report the failure of job %s", dispatch.job_id)
+
+        thread = threading.Thread(target=report, name=f"report-{dispatch.job_id}", daemon=True)
+        thread.start()
+        with self._lock:
+            self._reporters = [t for t in self._reporters if t.is_alive()] + [thread]
+
+    def wait_for_reports(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) for failure reports still being sent (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            reporters = list(self._reporters)
+        for thread in reporters:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _forget_old_finished(self) -> None:
+        finished = [key for key, job in self._jobs.items() if job.phase.is_final]
+        for key in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
+            del self._jobs[key]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every child (cancel, then terminate, then kill) and reap them."""
+        with self._lock:
+            active = self._active()
+            for job in active:
+                self._request_stop(job, job.stop_reason or StopReason.DROPPED)
+        deadline = time.monotonic() + timeout
+        for job in active:
+            job.process.join(max(0.0, deadline - time.monotonic()))
+            if job.process.exitcode is None:
+                job.process.terminate()
+                job.process.join(2.0)
+            if job.process.exitcode is None:
+                job.process.kill()
+                job.process.join(2.0)
+        self.poll()
