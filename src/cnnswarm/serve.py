@@ -1,0 +1,171 @@
+"""Run the controller or a trainer under gunicorn, in the foreground.
+
+Guarantees:
+- The Flask app is built by its factory inside each gunicorn worker (never before the fork), so
+  background threads (scheduler, heartbeats) live in the process that serves requests.
+- Port 0 binds an ephemeral port; the bound URL is printed as ``listening on http://host:port``
+  and, when asked, written atomically to a URL file before any worker starts. The worker's
+  settings carry the real port, so a trainer announces an address that works.
+- SIGTERM stops gracefully (in-flight requests finish, up to ``GRACEFUL_TIMEOUT_S``); SIGINT stops
+  quickly. Access log goes to stdout, errors to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from cnnswarm.config import Settings
+
+# A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
+# while requests run, so this bounds a hung worker, not a long upload or a long SSE stream.
+WORKER_TIMEOUT_S = 300
+GRACEFUL_TIMEOUT_S = 30
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpu_share(cpu_max_path: Path = CGROUP_CPU_MAX) -> int:
+    """The whole CPUs this process may use: the smallest of the cgroup v2 quota (``cpu.max``,
+    rounded up), the CPU affinity mask and ``os.cpu_count()``; at least 1."""
+    limits = [os.cpu_count() or 1]
+    with contextlib.suppress(AttributeError, OSError):  # no sched_getaffinity on macOS
+        limits.append(len(os.sched_getaffinity(0)))
+    try:
+        quota, _, period = cpu_max_path.read_text().strip().partition(" ")
+        if quota != "max" and period:
+            limits.append(math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(limits))
+
+
+def torch_threads_for(settings: Settings, *, sharers: int) -> int:
+    """Intra-op threads for torch: ``settings.torch_threads`` when set, else the CPU share split
+    evenly among ``sharers`` (gunicorn workers for the controller, job slots for a trainer)."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    return max(1, cpu_share() // max(1, sharers))
+
+
+def _set_torch_threads(threads: int) -> None:
+    """Set torch's thread count in this (worker) process."""
+    import torch  # Imported here: the gunicorn master never touches torch before forking.
+
+    torch.set_num_threads(threads)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` so a reader sees either no file or the whole of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+class _GunicornApp(BaseApplication):  # type: ignore[misc]
+    """Serve the app that ``factory(settings)`` builds; ``settings`` gets the bound port."""
+
+    def __init__(
+        self,
+        factory: Callable[[Settings], Any],
+        settings: Settings,
+        *,
+        host: str,
+        port: int,
+        port_field: str,
+        workers: int,
+        torch_threads: int,
+        url_file: Path | None,
+    ) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.port_field = port_field
+        self.workers = workers
+        self.torch_threads = torch_threads
+        self.url_file = url_file
+        super().__init__()
+
+    def load_config(self) -> None:
+        options: dict[str, Any] = {
+            "bind": [f"{self.host}:{self.port}"],
+            "workers": self.workers,
+            "threads": self.settings.gunicorn_threads,
+            "worker_class": "gthread",
+            "timeout": WORKER_TIMEOUT_S,
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "keepalive": 5,
+            "accesslog": "-",
+            "errorlog": "-",
+            "preload_app": False,
+            "when_ready": self._when_ready,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def _when_ready(self, arbiter: Any) -> None:
+        """In the master, after binding and before forking: learn the port, announce the URL."""
+        bound_port = int(arbiter.LISTENERS[0].sock.getsockname()[1])
+        self.settings = self.settings.with_overrides(**{self.port_field: bound_port})
+        url = f"http://{_reachable_host(self.host)}:{bound_port}"
+        if self.url_file is not None:
+            _write_atomically(self.url_file, url + "\n")
+        print(f"listening on {url}", flush=True)
+
+    def load(self) -> Any:
+        """In each worker: set torch's threads, then build the app (which may start threads)."""
+        _set_torch_threads(self.torch_threads)
+        return self.factory(self.settings)
+
+
+def _reachable_host(host: str) -> str:
+    """The host to put in a URL: a wildcard bind is reached through the loopback address."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
+    """Serve the controller with gunicorn until stopped (``settings.gunicorn_workers`` workers)."""
+    from cnnswarm.controller.app import create_app
+
+    workers = settings.gunicorn_workers
+    _GunicornApp(
+        create_app,
+        settings,
+        host=settings.controller_host,
+        port=settings.controller_port,
+        port_field="controller_port",
+        workers=workers,
+        torch_threads=torch_threads_for(settings, sharers=workers),
+        url_file=url_file,
+    ).run()
+
+
+def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
+    """Serve a trainer with gunicorn until stopped. Always one worker: the worker owns the job
+    table and the heartbeat thread, and two would announce one trainer twice."""
+    from cnnswarm.trainer.app import create_app
+
+    def build(worker_settings: Settings) -> Any:
+        return create_app(worker_settings, start_background=True)
+
+    threads = torch_threads_for(settings, sharers=settings.trainer_slots)
+    # Job child processes read these when they import torch.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    _GunicornApp(
+        build,
+        settings,
+        host=settings.train_host,
+        port=settings.train_port,
+        port_field="train_port",
+        workers=1,
+        torch_threads=threads,
+        url_file=url_file,
+    ).run()
