@@ -1,0 +1,105 @@
+"""What both Flask apps share at the HTTP boundary: JSON errors, the API token, JSON bodies.
+
+Every ``CnnSwarmError`` becomes its status and JSON body here; an unexpected exception logs
+its traceback and answers a generic 500 with a request id, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from cnnswarm.errors import CnnSwarmError, InvalidInput, Overloaded, Unauthorized
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def error_response(error: CnnSwarmError) -> Response:
+    """The JSON response for a known error (with ``Retry-After`` when it asks for one)."""
+    response = jsonify(error.to_json())
+    response.status_code = error.status
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every exception to JSON: known errors keep their status, the rest become 500."""
+
+    @app.errorhandler(CnnSwarmError)
+    def _known(error: CnnSwarmError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        response = jsonify(
+            {"exception": error.name.replace(" ", ""), "error": error.description or error.name}
+        )
+        response.status_code = error.code or 500
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception(
+            "unhandled error (request id %s) on %s %s", request_id, request.method, request.path
+        )
+        response = jsonify(
+            {
+                "exception": "InternalError",
+                "error": "internal server error; the request id is in the server log",
+                "request_id": request_id,
+            }
+        )
+        response.status_code = 500
+        return response
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or ``InvalidInput`` saying why it is not one."""
+    data = request.get_json(silent=True, force=True)
+    if data is None:
+        raw = request.get_data(cache=True)
+        if not raw:
+            raise InvalidInput("the request needs a JSON object body")
+        raise InvalidInput("the request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the JSON body must be an object, got {type(data).__name__}")
+    return data
+
+
+def token_matches(expected: str, header: str | None) -> bool:
+    """Constant-time check of an ``Authorization: Bearer <token>`` header."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].encode(), expected.encode())
+
+
+def require_token(get_token: Callable[[], str]) -> Callable[[F], F]:
+    """Decorator: when a token is configured, the route needs ``Authorization: Bearer <token>``."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            expected = get_token()
+            if expected and not token_matches(expected, request.headers.get("Authorization")):
+                raise Unauthorized("this route needs the header 'Authorization: Bearer <token>'")
+            return view(*args, **kwargs)
+
+        return cast(F, wrapped)
+
+    return decorate
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    """Headers for calls between roles (empty when no token is configured)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -1,0 +1,114 @@
+"""Files under ``HOME_DIR``: datasets, checkpoints and models.
+
+Guarantees: every write goes to a temp file in the same folder, is fsynced and renamed into
+place, so a crash leaves either the old file or the new one, never a torn one. No name from a
+request reaches the filesystem unchecked: ids must match ``SAFE_ID`` and every resolved path
+must stay inside the store's root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from cnnswarm.errors import InvalidInput
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def check_id(value: object, field: str) -> str:
+    """``value`` if it is a safe id (letters, digits, ``_ . -``, 1-128 chars), else
+    ``InvalidInput`` naming ``field``."""
+    if not isinstance(value, str) or not SAFE_ID.match(value) or ".." in value:
+        raise InvalidInput(
+            f"{field} must be 1-128 characters of letters, digits, '_', '.', '-' "
+            f"starting with a letter or digit, got {value!r}",
+            field=field,
+        )
+    return value
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> int:
+    """Write ``chunks`` to ``path`` atomically (temp file, fsync, rename); returns bytes written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return size
+
+
+def copy_stream(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterable[bytes]:
+    """Chunks of ``stream`` until EOF (so uploads never sit whole in memory)."""
+    while chunk := stream.read(chunk_size):
+        yield chunk
+
+
+class ArtifactStore:
+    """The layout of ``HOME_DIR`` (shared by every controller that shares the DB)."""
+
+    def __init__(self, home_dir: Path) -> None:
+        self.root = Path(home_dir).resolve()
+        for sub in ("datasets", "checkpoints", "torch_models", "torch_data", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts).resolve()
+        if self.root not in path.parents:
+            raise InvalidInput(f"path {'/'.join(parts)!r} escapes the artifact store")
+        return path
+
+    @property
+    def torch_data(self) -> Path:
+        """Where built-in datasets' files live (the seed's ``HOME_DIR/torch_data``)."""
+        return self.root / "torch_data"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the same filesystem (for uploads in progress)."""
+        return self.root / "tmp"
+
+    def dataset_path(self, dataset_id: str) -> Path:
+        """The cached arrays (``.npz``) of a dataset."""
+        return self._inside("datasets", check_id(dataset_id, "dataset") + ".npz")
+
+    def checkpoint_path(self, job_id: str) -> Path:
+        """The latest checkpoint of a job."""
+        return self._inside("checkpoints", check_id(job_id, "job_id") + ".pt")
+
+    def model_path(self, model_id: str, attempt: int) -> Path:
+        """A model artefact; one file per attempt, so a fenced-off attempt never overwrites
+        the published one."""
+        return self._inside(
+            "torch_models", check_id(model_id, "model_id"), f"attempt-{attempt}.pth"
+        )
+
+    def remove_model_files(self, model_id: str) -> None:
+        """Delete every file of a model."""
+        shutil.rmtree(
+            self._inside("torch_models", check_id(model_id, "model_id")), ignore_errors=True
+        )
+
+    def remove(self, path: Path) -> None:
+        """Delete a file of the store if it exists."""
+        if self.root in path.resolve().parents:
+            path.unlink(missing_ok=True)

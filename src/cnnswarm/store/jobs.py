@@ -1,0 +1,533 @@
+"""Jobs: their lifecycle, leases and fencing, in the database.
+
+Lifecycle::
+
+    queued --claim--> running --complete--> succeeded
+      ^                 |  \\--fail-------> failed
+      |                 |   \\-cancel-----> cancelled   (queued jobs can be cancelled too)
+      +--lease expired--+   (attempt < max_attempts; otherwise -> failed with the reason)
+
+``attempt`` counts dispatches: the first run is attempt 1. Every write a trainer makes names
+its attempt; a write whose attempt no longer owns the job raises ``StaleAttempt`` (fencing), so
+one job never publishes two models. Guarantees: an accepted job survives any process crash
+(it is committed before 202 is answered); submissions with one ``Idempotency-Key`` create one
+job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cnnswarm.errors import Conflict, NotFound, StaleAttempt, Unprocessable
+from cnnswarm.store import db
+
+
+class JobState(StrEnum):
+    """A job's state; see the module docstring for the transitions."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for succeeded, failed and cancelled."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asked for; validated by the caller before it reaches the store."""
+
+    model_id: str
+    dataset: str
+    model_type: str
+    example_idxs: list[int] | None
+    train_opts: dict[str, Any]
+
+    def fingerprint(self) -> str:
+        """A hash of the request, to tell an idempotent retry from a different request."""
+        payload = json.dumps(
+            {
+                "model_id": self.model_id,
+                "dataset": self.dataset,
+                "model_type": self.model_type,
+                "example_idxs": self.example_idxs,
+                "train_opts": self.train_opts,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table."""
+
+    id: str
+    seq: int
+    model_id: str
+    dataset: str
+    model_type: str
+    example_idxs: list[int] | None
+    train_opts: dict[str, Any]
+    state: JobState
+    attempt: int
+    trainer_id: str | None
+    lease_expires_at: float | None
+    progress: float
+    epoch: int
+    metrics: list[dict[str, Any]]
+    error: str | None
+    has_checkpoint: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        """Build from a ``jobs`` row mapping."""
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            model_id=row["model_id"],
+            dataset=row["dataset"],
+            model_type=row["model_type"],
+            example_idxs=row["example_idxs"],
+            train_opts=row["train_opts"] or {},
+            state=JobState(row["state"]),
+            attempt=row["attempt"],
+            trainer_id=row["trainer_id"],
+            lease_expires_at=row["lease_expires_at"],
+            progress=row["progress"],
+            epoch=row["epoch"],
+            metrics=row["metrics"] or [],
+            error=row["error"],
+            has_checkpoint=bool(row["has_checkpoint"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+def new_job_id() -> str:
+    """A fresh, URL-safe job id."""
+    return "job-" + uuid.uuid4().hex[:16]
+
+
+class JobStore:
+    """Jobs in the database. Every method is one transaction and safe across controllers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- submission and reads -------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Insert a queued job; return ``(job, created)``.
+
+        The same ``idempotency_key`` with the same request returns the first job
+        (``created=False``); with a different request it raises ``Unprocessable``. A
+        ``model_id`` in use by another job or model raises ``Conflict``.
+        """
+        fingerprint = spec.fingerprint()
+        if idempotency_key is not None:
+            existing = self._by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._check_replay(existing, idempotency_key, fingerprint), False
+        job_id = new_job_id()
+        ts = db.now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(db.model_ids).values(model_id=spec.model_id, job_id=job_id))
+                seq = conn.execute(select(func.coalesce(func.max(db.jobs.c.seq), 0))).scalar_one()
+                conn.execute(
+                    insert(db.jobs).values(
+                        id=job_id,
+                        seq=int(seq) + 1,
+                        model_id=spec.model_id,
+                        dataset=spec.dataset,
+                        model_type=spec.model_type,
+                        example_idxs=spec.example_idxs,
+                        train_opts=spec.train_opts,
+                        state=JobState.QUEUED.value,
+                        attempt=0,
+                        progress=0.0,
+                        epoch=0,
+                        metrics=[],
+                        has_checkpoint=False,
+                        idempotency_key=idempotency_key,
+                        request_hash=fingerprint,
+                        created_at=ts,
+                        updated_at=ts,
+                    )
+                )
+        except IntegrityError:
+            # Either the key raced with an identical submission, or the model id is taken.
+            if idempotency_key is not None:
+                existing = self._by_idempotency_key(idempotency_key)
+                if existing is not None:
+                    return self._check_replay(existing, idempotency_key, fingerprint), False
+            raise Conflict(
+                f"model_id {spec.model_id!r} is already used by another job or model; "
+                "choose another id or delete that model",
+                field="model_id",
+            ) from None
+        return self.get(job_id), True
+
+    def _by_idempotency_key(self, key: str) -> Mapping[str, Any] | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(db.jobs).where(db.jobs.c.idempotency_key == key)).first()
+        return None if row is None else dict(row._mapping)
+
+    def _check_replay(self, row: Mapping[str, Any], key: str, fingerprint: str) -> Job:
+        if row["request_hash"] != fingerprint:
+            raise Unprocessable(
+                f"Idempotency-Key {key!r} was already used with a different request body",
+                field="Idempotency-Key",
+            )
+        return Job.from_row(row)
+
+    def get(self, job_id: str) -> Job:
+        """The job, or ``NotFound``."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}", field="job_id")
+        return Job.from_row(dict(row._mapping))
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
+        """Jobs in submission order, optionally of one state."""
+        query = select(db.jobs).order_by(db.jobs.c.seq).limit(limit)
+        if state is not None:
+            query = query.where(db.jobs.c.state == state.value)
+        with self.engine.begin() as conn:
+            return [Job.from_row(dict(r._mapping)) for r in conn.execute(query)]
+
+    def queued_ahead(self, job: Job) -> int:
+        """How many queued jobs will be dispatched before ``job`` (0 = next)."""
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                select(func.count())
+                .select_from(db.jobs)
+                .where(db.jobs.c.state == JobState.QUEUED.value, db.jobs.c.seq < job.seq)
+            ).scalar_one()
+        return int(count)
+
+    def running_per_trainer(self) -> dict[str, int]:
+        """Running jobs now, per trainer id (what the scheduler balances on)."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(db.jobs.c.trainer_id, func.count())
+                .where(db.jobs.c.state == JobState.RUNNING.value)
+                .group_by(db.jobs.c.trainer_id)
+            ).all()
+        return {str(trainer): int(count) for trainer, count in rows if trainer is not None}
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def claim(self, job: Job, trainer_id: str, lease_s: float) -> Job | None:
+        """queued -> running on ``trainer_id`` with ``attempt + 1``; None if the job moved."""
+        ts = db.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(
+                    db.jobs.c.id == job.id,
+                    db.jobs.c.state == JobState.QUEUED.value,
+                    db.jobs.c.attempt == job.attempt,
+                )
+                .values(
+                    state=JobState.RUNNING.value,
+                    attempt=job.attempt + 1,
+                    trainer_id=trainer_id,
+                    lease_expires_at=ts + lease_s,
+                    started_at=func.coalesce(db.jobs.c.started_at, ts),
+                    error=None,
+                    updated_at=ts,
+                )
+            )
+        return self.get(job.id) if result.rowcount == 1 else None
+
+    def unclaim(self, job: Job) -> bool:
+        """Undo a ``claim`` whose dispatch failed (the trainer never got the job)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(
+                    db.jobs.c.id == job.id,
+                    db.jobs.c.state == JobState.RUNNING.value,
+                    db.jobs.c.attempt == job.attempt,
+                    db.jobs.c.trainer_id == job.trainer_id,
+                )
+                .values(
+                    state=JobState.QUEUED.value,
+                    attempt=job.attempt - 1,
+                    trainer_id=None,
+                    lease_expires_at=None,
+                    updated_at=db.now(),
+                )
+            )
+        return result.rowcount == 1
+
+    def renew(self, report: Mapping[str, Any], trainer_id: str, lease_s: float) -> str | None:
+        """Renew the lease of a job a trainer reports, with its progress.
+
+        Returns None when the trainer still owns the job, else the reason it must drop it.
+        """
+        job_id = str(report.get("job_id", ""))
+        attempt = report.get("attempt")
+        values: dict[str, Any] = {"lease_expires_at": db.now() + lease_s, "updated_at": db.now()}
+        progress = report.get("progress")
+        if isinstance(progress, int | float) and 0.0 <= float(progress) <= 1.0:
+            values["progress"] = float(progress)
+        epoch = report.get("epoch")
+        if isinstance(epoch, int) and epoch >= 0:
+            values["epoch"] = epoch
+        metrics = report.get("metrics")
+        if isinstance(metrics, list):
+            values["metrics"] = metrics
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(
+                    db.jobs.c.id == job_id,
+                    db.jobs.c.state == JobState.RUNNING.value,
+                    db.jobs.c.attempt == attempt,
+                    db.jobs.c.trainer_id == trainer_id,
+                )
+                .values(**values)
+            )
+            if result.rowcount == 1:
+                return None
+            row = conn.execute(
+                select(db.jobs.c.state, db.jobs.c.attempt).where(db.jobs.c.id == job_id)
+            ).first()
+        if row is None:
+            return "unknown job"
+        if row.state != JobState.RUNNING.value:
+            return f"job is {row.state}"
+        return f"attempt {attempt} is stale (the job is on attempt {row.attempt})"
+
+    def expire_leases(self, max_attempts: int) -> list[Job]:
+        """Requeue (or fail, past ``max_attempts``) running jobs whose lease has expired."""
+        ts = db.now()
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(db.jobs).where(
+                    db.jobs.c.state == JobState.RUNNING.value, db.jobs.c.lease_expires_at < ts
+                )
+            ).all()
+        changed: list[Job] = []
+        for row in rows:
+            job = Job.from_row(dict(row._mapping))
+            reason = f"trainer {job.trainer_id} stopped renewing the lease of attempt {job.attempt}"
+            if job.attempt >= max_attempts:
+                values: dict[str, Any] = {
+                    "state": JobState.FAILED.value,
+                    "error": f"{reason}; retry limit of {max_attempts} attempts reached",
+                    "finished_at": ts,
+                }
+            else:
+                values = {"state": JobState.QUEUED.value, "error": f"{reason}; requeued"}
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    update(db.jobs)
+                    .where(
+                        db.jobs.c.id == job.id,
+                        db.jobs.c.state == JobState.RUNNING.value,
+                        db.jobs.c.attempt == job.attempt,
+                    )
+                    .values(trainer_id=None, lease_expires_at=None, updated_at=ts, **values)
+                )
+                if result.rowcount == 1 and values["state"] == JobState.FAILED.value:
+                    self._release_model_id(conn, job)
+            if result.rowcount == 1:
+                changed.append(self.get(job.id))
+        return changed
+
+    def grant_grace(self, lease_s: float) -> int:
+        """Give every running job a fresh lease (a new leader after downtime does this, so
+        trainers can re-attach before anything is requeued). Returns how many."""
+        ts = db.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(db.jobs.c.state == JobState.RUNNING.value)
+                .values(lease_expires_at=ts + lease_s)
+            )
+        return int(result.rowcount)
+
+    # -- trainer writes (fenced by attempt) -----------------------------------------------
+
+    def check_owner(self, job_id: str, attempt: int) -> Job:
+        """The job if ``attempt`` owns it and it is running, else ``StaleAttempt``."""
+        job = self.get(job_id)
+        if job.state != JobState.RUNNING or job.attempt != attempt:
+            raise StaleAttempt(
+                f"attempt {attempt} of job {job_id} no longer owns it "
+                f"(state {job.state.value}, attempt {job.attempt})",
+                field="attempt",
+            )
+        return job
+
+    def mark_checkpoint(self, job_id: str, attempt: int) -> None:
+        """Record that ``attempt`` stored a checkpoint; ``StaleAttempt`` if it is fenced off."""
+        self._fenced_update(job_id, attempt, {"has_checkpoint": True})
+
+    def complete(self, job_id: str, attempt: int, model_row: Mapping[str, Any]) -> Job:
+        """running -> succeeded and publish ``model_row`` in one transaction (fenced)."""
+        ts = db.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._fenced(job_id, attempt).values(
+                    state=JobState.SUCCEEDED.value,
+                    progress=1.0,
+                    finished_at=ts,
+                    lease_expires_at=None,
+                    updated_at=ts,
+                    error=None,
+                    metrics=model_row.get("metrics", []),
+                )
+            )
+            owned = result.rowcount == 1
+            if owned:
+                conn.execute(insert(db.models).values(**model_row, created_at=ts))
+        if not owned:
+            raise self._stale(job_id, attempt)
+        return self.get(job_id)
+
+    def fail(self, job_id: str, attempt: int, error: str) -> Job:
+        """running -> failed with ``error`` (fenced); the model id is freed for reuse."""
+        ts = db.now()
+        job = self.get(job_id)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._fenced(job_id, attempt).values(
+                    state=JobState.FAILED.value,
+                    error=error[:4000],
+                    finished_at=ts,
+                    lease_expires_at=None,
+                    updated_at=ts,
+                )
+            )
+            owned = result.rowcount == 1
+            if owned:
+                self._release_model_id(conn, job)
+        if not owned:
+            raise self._stale(job_id, attempt)
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> tuple[Job, str | None]:
+        """queued|running -> cancelled; returns the job and the trainer that ran it.
+
+        Cancelling an already cancelled job is a no-op; a finished one raises ``Conflict``.
+        """
+        job = self.get(job_id)
+        if job.state == JobState.CANCELLED:
+            return job, None
+        if job.state.is_final:
+            raise Conflict(f"job {job_id} already {job.state.value}; it cannot be cancelled")
+        ts = db.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(
+                    db.jobs.c.id == job_id,
+                    db.jobs.c.state == job.state.value,
+                    db.jobs.c.attempt == job.attempt,
+                )
+                .values(
+                    state=JobState.CANCELLED.value,
+                    finished_at=ts,
+                    lease_expires_at=None,
+                    updated_at=ts,
+                )
+            )
+            if result.rowcount == 1:
+                self._release_model_id(conn, job)
+        if result.rowcount != 1:
+            return self.cancel(job_id)  # it moved meanwhile: decide again on its new state
+        return self.get(job_id), job.trainer_id
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _fenced(self, job_id: str, attempt: int) -> Any:
+        return update(db.jobs).where(
+            db.jobs.c.id == job_id,
+            db.jobs.c.state == JobState.RUNNING.value,
+            db.jobs.c.attempt == attempt,
+        )
+
+    def _fenced_update(self, job_id: str, attempt: int, values: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._fenced(job_id, attempt).values(updated_at=db.now(), **values)
+            )
+        if result.rowcount != 1:
+            raise self._stale(job_id, attempt)
+
+    def _stale(self, job_id: str, attempt: int) -> StaleAttempt | NotFound:
+        try:
+            job = self.get(job_id)
+        except NotFound as exc:
+            return exc
+        return StaleAttempt(
+            f"attempt {attempt} of job {job_id} no longer owns it "
+            f"(state {job.state.value}, attempt {job.attempt})",
+            field="attempt",
+        )
+
+    @staticmethod
+    def _release_model_id(conn: Any, job: Job) -> None:
+        from sqlalchemy import delete
+
+        conn.execute(
+            delete(db.model_ids).where(
+                db.model_ids.c.model_id == job.model_id, db.model_ids.c.job_id == job.id
+            )
+        )
+
+
+def job_to_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
+    """The API's view of a job (the one place a job becomes JSON)."""
+    body: dict[str, Any] = {
+        "id": job.id,
+        "model_id": job.model_id,
+        "dataset": job.dataset,
+        "model_type": job.model_type,
+        "example_idxs": job.example_idxs,
+        "train_opts": job.train_opts,
+        "state": job.state.value,
+        "progress": round(job.progress, 4),
+        "epoch": job.epoch,
+        "metrics": job.metrics,
+        "trainer": job.trainer_id,
+        "attempt": job.attempt,
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "updated_at": job.updated_at,
+    }
+    if job.state == JobState.QUEUED:
+        body["queue_position"] = queue_position
+    return body
+
+
+def ids(jobs: Iterable[Job]) -> list[str]:
+    """The ids of ``jobs`` (for logs and tests)."""
+    return [job.id for job in jobs]
