@@ -1,0 +1,106 @@
+"""Checkpoint files: weights_only round trips, RNG capture, atomic replacement."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnswarm.errors import InvalidInput
+from cnnswarm.ml.checkpoint import (
+    capture_rng_states,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
+
+torch.set_num_threads(1)
+
+
+def sample_checkpoint(value: float) -> dict[str, object]:
+    return {
+        "model": {"w": torch.full((64, 64), value)},
+        "epoch": 3,
+        "batch": 0,
+        "perm": torch.randperm(10),
+        "metrics": [{"epoch": 1, "train_loss": 0.5, "test_accuracy": None}],
+        "train_opts": {"lr": 0.01, "seed": None},
+    }
+
+
+def test_bytes_round_trip() -> None:
+    ckpt = sample_checkpoint(1.5)
+    again = checkpoint_from_bytes(checkpoint_to_bytes(ckpt))
+    assert torch.equal(again["model"]["w"], ckpt["model"]["w"])  # type: ignore[index]
+    assert again["metrics"] == ckpt["metrics"] and again["train_opts"] == ckpt["train_opts"]
+
+
+def test_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "job.ckpt"
+    save_checkpoint(sample_checkpoint(2.0), path)
+    assert load_checkpoint(path)["model"]["w"][0, 0].item() == 2.0
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
+    path = tmp_path / "job.ckpt"
+    save_checkpoint(sample_checkpoint(1.0), path)
+    before = path.read_bytes()
+    # Pickling fails part-way, after the big tensor has been written to the temp file.
+    broken = {**sample_checkpoint(9.0), "zz_unpicklable": lambda: None}
+    with pytest.raises(Exception, match=r"lambda|pickle|attribute"):
+        save_checkpoint(broken, path)
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["model"]["w"][0, 0].item() == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.ckpt"]  # no temp file left
+
+
+def test_rng_states_survive_a_weights_only_round_trip() -> None:
+    generator = torch.Generator().manual_seed(5)
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    states = checkpoint_from_bytes(checkpoint_to_bytes({"rng": capture_rng_states(generator)}))
+    first = (torch.rand(3), torch.rand(3, generator=generator), np.random.rand(3), random.random())
+
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    generator.manual_seed(99)
+    restore_rng_states(states["rng"], generator)
+    again = (torch.rand(3), torch.rand(3, generator=generator), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert np.array_equal(first[2], again[2]) and first[3] == again[3]
+
+
+class _WritesMarker:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"model": _WritesMarker(marker)}, path)
+    with pytest.raises(InvalidInput):
+        load_checkpoint(path)
+    with pytest.raises(InvalidInput):
+        checkpoint_from_bytes(pickle.dumps(_WritesMarker(marker)))
+    assert not marker.exists()
+
+
+def test_garbage_is_invalid_input_and_a_missing_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput):
+        checkpoint_from_bytes(b"not a checkpoint")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.ckpt")
