@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gunicorn.app.base import BaseApplication
 
@@ -28,6 +28,11 @@ from cnnswarm.config import Settings
 WORKER_TIMEOUT_S = 300
 GRACEFUL_TIMEOUT_S = 30
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# ``app.extensions`` entries whose ``stop()`` a worker calls on its way out.
+TRAINER_SERVICES = ("trainer_service",)
+CONTROLLER_SERVICES: tuple[str, ...] = ()
+
+Role = Literal["controller", "trainer"]
 
 
 def cpu_share(cpu_max_path: Path = CGROUP_CPU_MAX) -> int:
@@ -76,22 +81,32 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         factory: Callable[[Settings], Any],
         settings: Settings,
         *,
-        host: str,
-        port: int,
-        port_field: str,
+        role: Role,
         workers: int,
         torch_threads: int,
         url_file: Path | None,
+        services: tuple[str, ...],
     ) -> None:
         self.factory = factory
         self.settings = settings
-        self.host = host
-        self.port = port
-        self.port_field = port_field
+        self.role = role
         self.workers = workers
         self.torch_threads = torch_threads
         self.url_file = url_file
+        self.services = services
         super().__init__()
+
+    @property
+    def host(self) -> str:
+        return (
+            self.settings.controller_host if self.role == "controller" else self.settings.train_host
+        )
+
+    @property
+    def port(self) -> int:
+        return (
+            self.settings.controller_port if self.role == "controller" else self.settings.train_port
+        )
 
     def load_config(self) -> None:
         options: dict[str, Any] = {
@@ -105,7 +120,9 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
             "accesslog": "-",
             "errorlog": "-",
             "preload_app": False,
+            "proc_name": f"cnn-swarm-{self.role}",
             "when_ready": self._when_ready,
+            "worker_exit": self._worker_exit,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -113,7 +130,8 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
     def _when_ready(self, arbiter: Any) -> None:
         """In the master, after binding and before forking: learn the port, announce the URL."""
         bound_port = int(arbiter.LISTENERS[0].sock.getsockname()[1])
-        self.settings = self.settings.with_overrides(**{self.port_field: bound_port})
+        port_field = "controller_port" if self.role == "controller" else "train_port"
+        self.settings = self.settings.with_overrides(**{port_field: bound_port})
         url = f"http://{_reachable_host(self.host)}:{bound_port}"
         if self.url_file is not None:
             _write_atomically(self.url_file, url + "\n")
@@ -124,10 +142,45 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         _set_torch_threads(self.torch_threads)
         return self.factory(self.settings)
 
+    def _worker_exit(self, arbiter: Any, worker: Any) -> None:
+        """In the worker, as it exits: stop the app's background services (``stop()`` of each
+        named ``app.extensions`` entry), so jobs and threads end before the process does."""
+        app = getattr(worker, "wsgi", None)
+        extensions = getattr(app, "extensions", {})
+        for name in self.services:
+            service = extensions.get(name)
+            stop = getattr(service, "stop", None)
+            if callable(stop):
+                stop()
+
 
 def _reachable_host(host: str) -> str:
     """The host to put in a URL: a wildcard bind is reached through the loopback address."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def serve_app(
+    factory: Callable[[Settings], Any],
+    settings: Settings,
+    *,
+    role: Role,
+    workers: int,
+    torch_threads: int,
+    url_file: Path | None = None,
+    services: tuple[str, ...] = (),
+) -> None:
+    """Serve ``factory(settings)`` (built in each worker, ``settings`` carrying the bound port)
+    on the role's host and port until stopped; ``services`` name ``app.extensions`` entries
+    whose ``stop()`` runs when a worker exits."""
+    _GunicornApp(
+        factory,
+        settings,
+        role=role,
+        workers=workers,
+        torch_threads=torch_threads,
+        url_file=url_file,
+        services=services,
+    ).run()
 
 
 def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
@@ -135,16 +188,15 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     from cnnswarm.controller.app import create_app
 
     workers = settings.gunicorn_workers
-    _GunicornApp(
+    serve_app(
         create_app,
         settings,
-        host=settings.controller_host,
-        port=settings.controller_port,
-        port_field="controller_port",
+        role="controller",
         workers=workers,
         torch_threads=torch_threads_for(settings, sharers=workers),
         url_file=url_file,
-    ).run()
+        services=CONTROLLER_SERVICES,
+    )
 
 
 def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
@@ -159,13 +211,12 @@ def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
     # Job child processes read these when they import torch.
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    _GunicornApp(
+    serve_app(
         build,
         settings,
-        host=settings.train_host,
-        port=settings.train_port,
-        port_field="train_port",
+        role="trainer",
         workers=1,
         torch_threads=threads,
         url_file=url_file,
-    ).run()
+        services=TRAINER_SERVICES,
+    )

@@ -1,0 +1,104 @@
+"""cnnswarm.serve: real gunicorn on an ephemeral port, the app built after the fork."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import requests
+
+from cnnswarm.config import Settings
+from cnnswarm.serve import cpu_share, torch_threads_for
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, threading
+    from pathlib import Path
+    from flask import Flask
+    from cnnswarm.config import Settings
+    from cnnswarm.serve import serve_app
+
+    class Service:
+        def __init__(self, marker):
+            self.marker = marker
+        def stop(self):
+            Path(self.marker).write_text(str(os.getpid()))
+
+    def factory(settings):
+        import torch
+        app = Flask("probe")
+        app.extensions["probe"] = Service(sys.argv[2])
+        @app.get("/info")
+        def info():
+            return {"port": settings.train_port, "pid": os.getpid(),
+                    "torch_threads": torch.get_num_threads()}
+        return app
+
+    settings = Settings(train_host="127.0.0.1", train_port=0, gunicorn_threads=2)
+    serve_app(factory, settings, role="trainer", workers=1, torch_threads=1,
+              url_file=Path(sys.argv[1]), services=("probe",))
+    """
+)
+
+
+def test_serve_app_binds_port_0_builds_the_app_in_the_worker_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER_SCRIPT)
+    url_file = tmp_path / "url"
+    stopped_marker = tmp_path / "stopped"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(url_file), str(stopped_marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        info = None
+        while time.monotonic() < deadline and info is None:
+            assert process.poll() is None, process.communicate()
+            if url_file.exists():
+                url = url_file.read_text().strip()
+                try:
+                    info = requests.get(f"{url}/info", timeout=2).json()
+                except requests.RequestException:
+                    pass
+            if info is None:
+                time.sleep(0.05)
+        assert info is not None, "server never answered"
+        assert url == f"http://127.0.0.1:{info['port']}" and info["port"] > 0
+        assert info["pid"] != process.pid  # built in the worker, after the fork
+        assert info["torch_threads"] == 1
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert f"listening on {url}" in stdout
+    assert '"GET /info HTTP/1.1" 200' in stdout  # the access log goes to stdout
+    assert stopped_marker.read_text() == str(info["pid"])  # services stopped in the worker
+
+
+def test_cpu_share_reads_the_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    available = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert cpu_share(cpu_max) == available
+    cpu_max.write_text("50000 100000\n")  # half a CPU rounds up to one
+    assert cpu_share(cpu_max) == 1
+    assert cpu_share(tmp_path / "absent") == available
+
+
+def test_torch_threads_split_the_share_unless_set() -> None:
+    assert torch_threads_for(Settings(torch_threads=3), sharers=4) == 3
+    assert torch_threads_for(Settings(), sharers=1) == cpu_share()
+    assert torch_threads_for(Settings(), sharers=10_000) == 1
