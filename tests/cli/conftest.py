@@ -97,11 +97,11 @@ def create_fake_app(state: FakeState) -> Flask:
                 "path": request.path,
                 "headers": dict(request.headers),
                 "args": request.args.to_dict(),
-            }  # fmt: skip
+            }
         )
-        if state.token and request.path.startswith("/api/"):
-            if request.headers.get("Authorization") != f"Bearer {state.token}":
-                return _error(401, "Unauthorized", "missing or wrong API token")
+        authorized = request.headers.get("Authorization") == f"Bearer {state.token}"
+        if state.token and request.path.startswith("/api/") and not authorized:
+            return _error(401, "Unauthorized", "missing or wrong API token")
         return None
 
     @app.get("/healthz")
@@ -198,9 +198,8 @@ def create_fake_app(state: FakeState) -> Flask:
 
             yield ": keep-alive\n\n"
             yield f"event: progress\ndata: {json.dumps(_advance(base, 1))}\n\n"
-            if state.stream_pauses:
-                if not state.release_stream.wait(timeout=5):
-                    state.stream_wait_timed_out = True
+            if state.stream_pauses and not state.release_stream.wait(timeout=5):
+                state.stream_wait_timed_out = True
             # A multi-line data field, CRLF endings and an id line, as SSE allows.
             text = json.dumps(_advance(base, 2), indent=1).replace("\n", "\r\ndata: ")
             yield f"id: 2\r\nevent: progress\r\ndata: {text}\r\n\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,10 +67,8 @@ def test_serve_app_binds_port_0_builds_the_app_in_the_worker_and_stops_on_sigter
             assert process.poll() is None, process.communicate()
             if url_file.exists():
                 url = url_file.read_text().strip()
-                try:
+                with contextlib.suppress(requests.RequestException):
                     info = requests.get(f"{url}/info", timeout=2).json()
-                except requests.RequestException:
-                    pass
             if info is None:
                 time.sleep(0.05)
         assert info is not None, "server never answered"
@@ -77,7 +76,7 @@ def test_serve_app_binds_port_0_builds_the_app_in_the_worker_and_stops_on_sigter
         assert info["pid"] != process.pid  # built in the worker, after the fork
         assert info["torch_threads"] == 1
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=40)
+        stdout, _stderr = process.communicate(timeout=40)
     finally:
         if process.poll() is None:
             process.kill()
