@@ -113,7 +113,7 @@ def run_job(
 
     from cnnswarm.ml.artifact import artifact_to_bytes
     from cnnswarm.ml.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
-    from cnnswarm.ml.datasets import ArrayDataset
+    from cnnswarm.ml.datasets.base import ArrayDataset
     from cnnswarm.ml.train import Progress, TrainOptions, train
 
     torch.set_num_threads(config.torch_threads)

@@ -1,0 +1,124 @@
+"""The heartbeat agent against a real (fake) controller: body, drops, self-fencing, address."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cnnswarm.config import Settings
+from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
+from cnnswarm.trainer.child import Dispatch
+from cnnswarm.trainer.controller_api import ControllerClient
+from cnnswarm.trainer.runner import JobPhase, JobRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def waiting_dispatch(job_id: str, attempt: int = 1) -> Dispatch:
+    """A job whose dataset the controller keeps answering 503 for: it holds a slot, idle."""
+    return Dispatch(job_id, attempt, "m", "SmallConvNet", "waiting", None, None)
+
+
+def make_agent(settings: Settings) -> tuple[HeartbeatAgent, JobRunner]:
+    client = ControllerClient(settings.resolved_controller_url, settings.api_token)
+    runner = JobRunner(settings, client)
+    agent = HeartbeatAgent(settings, runner, client, trainer_id="t1", url="http://10.0.0.7:48516")
+    return agent, runner
+
+
+def poll_until(runner: JobRunner, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        runner.poll()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met; status {runner.status()}")
+        time.sleep(0.05)
+
+
+def test_heartbeat_reports_jobs_and_obeys_drops(
+    fake_controller: Any, make_settings: Callable[..., Settings]
+):
+    fake_controller.unavailable_datasets.add("waiting")
+    agent, runner = make_agent(make_settings(fake_controller.url, heartbeat_interval_s=0.3))
+    try:
+        assert agent.controller_reachable is False
+        runner.start(waiting_dispatch("j1", attempt=3))
+        assert agent.beat_once() is True
+        assert agent.controller_reachable is True
+        [body] = fake_controller.heartbeats
+        assert body == {
+            "trainer_id": "t1",
+            "url": "http://10.0.0.7:48516",
+            "slots": 1,
+            "jobs": [{"job_id": "j1", "attempt": 3, "progress": 0.0, "epoch": 0, "metrics": []}],
+        }
+        # The controller's answer retunes the agent.
+        assert (agent.interval_s, agent.lease_timeout_s) == (1.0, 10.0)
+
+        fake_controller.drop = [{"job_id": "j1", "attempt": 3, "reason": "cancelled"}]
+        agent.beat_once()
+        job = runner.job("j1")
+        assert job is not None
+        poll_until(runner, lambda: job.phase.is_final)
+        assert job.phase is JobPhase.DROPPED
+        assert fake_controller.failures == []
+        agent.beat_once()
+        assert fake_controller.heartbeats[-1]["jobs"] == []
+    finally:
+        runner.shutdown()
+
+
+def test_self_fencing_when_the_controller_is_silent_past_the_lease(
+    fake_controller: Any, dead_controller_url: str, make_settings: Callable[..., Settings]
+):
+    # Jobs talk to the (waiting) fake controller; heartbeats go to a dead address.
+    fake_controller.unavailable_datasets.add("waiting")
+    settings = make_settings(fake_controller.url, lease_timeout_s=0.5)
+    runner = JobRunner(settings, ControllerClient(fake_controller.url))
+    agent = HeartbeatAgent(
+        settings, runner, ControllerClient(dead_controller_url), trainer_id="t1", url="u"
+    )
+    try:
+        job = runner.start(waiting_dispatch("j1"))
+        assert agent.beat_once() is False
+        assert job.phase is JobPhase.RUNNING  # not silent for long enough yet
+        deadline = time.monotonic() + 10
+        while job.phase is JobPhase.RUNNING and time.monotonic() < deadline:
+            agent.beat_once()
+            time.sleep(0.1)
+        assert job.phase is JobPhase.STOPPING
+        poll_until(runner, lambda: job.phase.is_final)
+        assert job.phase is JobPhase.FENCED
+        assert fake_controller.failures == []
+        assert agent.consecutive_failures >= 2
+        assert agent.next_delay_s() <= max(settings.heartbeat_interval_s, 0.5 / 4)
+    finally:
+        runner.shutdown()
+
+
+def test_background_loop_keeps_beating(
+    fake_controller: Any, make_settings: Callable[..., Settings]
+):
+    agent, runner = make_agent(make_settings(fake_controller.url))
+    agent.interval_s = 0.05
+    agent.start()
+    try:
+        fake_controller.wait_for(lambda: len(fake_controller.heartbeats) >= 2, timeout=10)
+    finally:
+        agent.stop()
+        runner.shutdown()
+
+
+def test_identity_and_announced_address(make_settings: Callable[..., Settings]):
+    settings = make_settings("http://c:1", trainer_id="", trainer_url="")
+    assert make_trainer_id(settings) != make_trainer_id(settings)
+    assert make_trainer_id(settings.with_overrides(trainer_id="fixed")) == "fixed"
+    assert announced_url(settings.with_overrides(train_host="10.1.2.3", train_port=9)) == (
+        "http://10.1.2.3:9"
+    )
+    wildcard = announced_url(settings.with_overrides(train_host="0.0.0.0", train_port=9))
+    assert wildcard.endswith(":9") and "0.0.0.0" not in wildcard
+    assert announced_url(settings.with_overrides(trainer_url="http://t:5/")) == "http://t:5"
