@@ -13,6 +13,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -30,7 +31,7 @@ GRACEFUL_TIMEOUT_S = 30
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # ``app.extensions`` entries whose ``stop()`` a worker calls on its way out.
 TRAINER_SERVICES = ("trainer_service",)
-CONTROLLER_SERVICES: tuple[str, ...] = ()
+CONTROLLER_SERVICES = ("cnnswarm.scheduler",)
 
 Role = Literal["controller", "trainer"]
 
@@ -124,6 +125,10 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
             "when_ready": self._when_ready,
             "worker_exit": self._worker_exit,
         }
+        # gunicorn >= 25.1 opens one control socket per user by default; several servers on
+        # one machine (`cnn-swarm up`) would fight over it, and nothing here uses it.
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -143,15 +148,22 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         return self.factory(self.settings)
 
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
-        """In the worker, as it exits: stop the app's background services (``stop()`` of each
-        named ``app.extensions`` entry), so jobs and threads end before the process does."""
+        """In the worker, as it exits: stop the app's background services, so jobs, threads and
+        leases end before the process does. A service ``"a.b"`` is ``app.extensions["a"].b``;
+        one that is absent is skipped."""
         app = getattr(worker, "wsgi", None)
         extensions = getattr(app, "extensions", {})
-        for name in self.services:
+        for path in self.services:
+            name, *attributes = path.split(".")
             service = extensions.get(name)
+            for attribute in attributes:
+                service = getattr(service, attribute, None)
             stop = getattr(service, "stop", None)
             if callable(stop):
-                stop()
+                try:
+                    stop()
+                except Exception:  # one failing service must not keep the others running
+                    logging.getLogger(__name__).exception("stopping %s failed", path)
 
 
 def _reachable_host(host: str) -> str:
@@ -187,9 +199,12 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     """Serve the controller with gunicorn until stopped (``settings.gunicorn_workers`` workers)."""
     from cnnswarm.controller.app import create_app
 
+    def build(worker_settings: Settings) -> Any:
+        return create_app(worker_settings, start_background=True)
+
     workers = settings.gunicorn_workers
     serve_app(
-        create_app,
+        build,
         settings,
         role="controller",
         workers=workers,

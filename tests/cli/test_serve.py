@@ -76,13 +76,14 @@ def test_serve_app_binds_port_0_builds_the_app_in_the_worker_and_stops_on_sigter
         assert info["pid"] != process.pid  # built in the worker, after the fork
         assert info["torch_threads"] == 1
         process.send_signal(signal.SIGTERM)
-        stdout, _stderr = process.communicate(timeout=40)
+        stdout, stderr = process.communicate(timeout=40)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert process.returncode == 0
     assert f"listening on {url}" in stdout
+    assert "Booting worker" in stderr and "Control socket" not in stderr
     assert '"GET /info HTTP/1.1" 200' in stdout  # the access log goes to stdout
     assert stopped_marker.read_text() == str(info["pid"])  # services stopped in the worker
 
