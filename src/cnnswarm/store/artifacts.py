@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from cnnswarm.errors import InvalidInput
 
@@ -57,7 +57,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> int:
     return size
 
 
-def copy_stream(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterable[bytes]:
+def copy_stream(stream: IO[bytes], chunk_size: int = 1 << 20) -> Iterable[bytes]:
     """Chunks of ``stream`` until EOF (so uploads never sit whole in memory)."""
     while chunk := stream.read(chunk_size):
         yield chunk

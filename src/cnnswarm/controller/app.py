@@ -1,0 +1,84 @@
+"""The controller app factory.
+
+``create_app(settings)`` opens the stores and wires the routes; it starts nothing.
+``create_app(settings, start_background=True)`` (what gunicorn runs in each worker) also
+starts the scheduler thread. ``/readyz`` answers 503 until the database answered and, with
+``start_background``, the scheduler runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from sqlalchemy import text
+
+from cnnswarm.config import Settings, load_settings
+from cnnswarm.controller import datasets_api, internal, jobs_api, models_api, seed_routes
+from cnnswarm.controller.context import ControllerContext, ctx
+from cnnswarm.controller.datasets import DatasetService
+from cnnswarm.controller.openapi import build_openapi
+from cnnswarm.controller.predictor import Predictor
+from cnnswarm.controller.scheduler import Scheduler
+from cnnswarm.http import register_error_handlers
+from cnnswarm.store import open_stores
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, start_background: bool = False) -> Flask:
+    """Build a controller app (``settings`` default: from the environment)."""
+    settings = settings if settings is not None else load_settings()
+    if settings.subnet_train:
+        log.info("SUBNET_TRAIN is set but unused: trainers register themselves, nothing scans")
+    stores = open_stores(settings.resolved_database_url, settings.home_dir)
+    context = ControllerContext(
+        settings=settings,
+        stores=stores,
+        datasets=DatasetService(settings, stores),
+        scheduler=Scheduler(settings, stores),
+        predictor=Predictor(settings),
+    )
+    app = Flask(__name__)
+    # Larger bodies get 413 from werkzeug before they are read.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.extensions["cnnswarm"] = context
+    register_error_handlers(app)
+    for blueprint in (seed_routes.bp, jobs_api.bp, models_api.bp, datasets_api.bp, internal.bp):
+        app.register_blueprint(blueprint)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "alive", "role": "controller"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        current = ctx()
+        ready = current.ready and _database_answers(current)
+        response = jsonify(
+            {"ready": ready, "role": "controller", "leader": current.scheduler.is_leader}
+        )
+        response.status_code = 200 if ready else 503
+        return response
+
+    @app.get("/api/v1/openapi.json")
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app)
+
+    if start_background:
+        context.scheduler.start()
+        atexit.register(context.scheduler.stop)
+    context.ready = True
+    return app
+
+
+def _database_answers(context: ControllerContext) -> bool:
+    try:
+        with context.stores.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        log.exception("readiness check: the database does not answer")
+        return False
+    return True

@@ -1,0 +1,34 @@
+"""The controller's per-app state, reachable from every route as ``ctx()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import current_app
+
+from cnnswarm.config import Settings
+from cnnswarm.store import Stores
+
+if TYPE_CHECKING:
+    from cnnswarm.controller.datasets import DatasetService
+    from cnnswarm.controller.predictor import Predictor
+    from cnnswarm.controller.scheduler import Scheduler
+
+
+@dataclass
+class ControllerContext:
+    """Settings, stores and services of one controller process."""
+
+    settings: Settings
+    stores: Stores
+    datasets: DatasetService
+    scheduler: Scheduler
+    predictor: Predictor
+    ready: bool = False
+
+
+def ctx() -> ControllerContext:
+    """The current app's controller context."""
+    context: ControllerContext = current_app.extensions["cnnswarm"]
+    return context

@@ -1,0 +1,157 @@
+"""/internal/v1: what trainers call (heartbeats, data, checkpoints, results).
+
+Every write names the job's ``attempt``; the store rejects a stale one with 409
+``StaleAttempt`` (fencing), so a trainer that lost its lease can never overwrite the
+checkpoint or publish the model of the attempt that replaced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request, send_file
+
+from cnnswarm.controller.context import ctx
+from cnnswarm.errors import InvalidInput, NotFound
+from cnnswarm.http import json_body, require_token
+from cnnswarm.ml.artifact import artifact_from_bytes
+from cnnswarm.ml.checkpoint import checkpoint_from_bytes
+from cnnswarm.store.artifacts import check_id, write_atomic
+
+bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
+token_required = require_token(lambda: ctx().settings.api_token)
+
+
+def _attempt(raw: Any) -> int:
+    try:
+        attempt = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput("attempt must be an integer", field="attempt") from None
+    if attempt < 1:
+        raise InvalidInput("attempt must be >= 1", field="attempt")
+    return attempt
+
+
+@bp.post("/heartbeat")
+@token_required
+def heartbeat() -> dict[str, Any]:
+    """Register/renew a trainer and the leases of the jobs it reports; answer what to drop."""
+    body = json_body()
+    trainer_id = check_id(body.get("trainer_id"), "trainer_id")
+    url = body.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidInput("url must be the trainer's http(s) base URL", field="url")
+    slots = body.get("slots")
+    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 1024:
+        raise InvalidInput("slots must be an integer 1..1024", field="slots")
+    reports = body.get("jobs", [])
+    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+        raise InvalidInput("jobs must be a list of objects", field="jobs")
+    context = ctx()
+    settings = context.settings
+    context.stores.trainers.heartbeat(
+        trainer_id, url, slots, [str(r.get("job_id")) for r in reports]
+    )
+    drop = []
+    for report in reports:
+        reason = context.stores.jobs.renew(report, trainer_id, settings.lease_timeout_s)
+        if reason is not None:
+            drop.append(
+                {"job_id": report.get("job_id"), "attempt": report.get("attempt"), "reason": reason}
+            )
+    if len(reports) - len(drop) < slots:
+        context.scheduler.wake()
+    return {
+        "drop": drop,
+        "lease_timeout_s": settings.lease_timeout_s,
+        "heartbeat_interval_s": settings.heartbeat_interval_s,
+    }
+
+
+@bp.get("/datasets/<dataset_id>/arrays")
+@token_required
+def dataset_arrays(dataset_id: str) -> Response:
+    """The dataset's arrays as ``.npz`` (built-ins are materialised on first use)."""
+    datasets = ctx().datasets
+    path = datasets.arrays_path(dataset_id)
+    etag = datasets.etag(dataset_id)
+    if request.if_none_match.contains(etag):
+        return Response(status=304, headers={"ETag": f'"{etag}"'})
+    response = send_file(path, mimetype="application/octet-stream", conditional=False, etag=False)
+    response.headers["ETag"] = f'"{etag}"'
+    return response
+
+
+@bp.get("/jobs/<job_id>/checkpoint")
+@token_required
+def get_checkpoint(job_id: str) -> Response:
+    """The job's latest checkpoint, or 404 when it has none yet."""
+    path = ctx().stores.artifacts.checkpoint_path(check_id(job_id, "job_id"))
+    if not path.exists():
+        raise NotFound(f"job {job_id} has no checkpoint yet")
+    return send_file(path, mimetype="application/octet-stream", conditional=False, etag=False)
+
+
+@bp.put("/jobs/<job_id>/checkpoint")
+@token_required
+def put_checkpoint(job_id: str) -> tuple[str, int]:
+    """Store a checkpoint of the owning attempt (atomically; the previous one stays valid
+    until the new one is complete)."""
+    context = ctx()
+    check_id(job_id, "job_id")
+    attempt = _attempt(request.args.get("attempt"))
+    context.stores.jobs.check_owner(job_id, attempt)
+    data = request.get_data(cache=False)
+    checkpoint_from_bytes(data)  # refuse a torn or foreign file before it replaces a good one
+    write_atomic(context.stores.artifacts.checkpoint_path(job_id), data)
+    context.stores.jobs.mark_checkpoint(job_id, attempt)
+    return "", 204
+
+
+@bp.post("/jobs/<job_id>/result")
+@token_required
+def post_result(job_id: str) -> dict[str, Any]:
+    """Publish the job's model: the file first (under its attempt's name), then, in one
+    transaction, the job's success and the model's record."""
+    context = ctx()
+    check_id(job_id, "job_id")
+    attempt = _attempt(request.args.get("attempt"))
+    job = context.stores.jobs.check_owner(job_id, attempt)
+    data = request.get_data(cache=False)
+    artifact = artifact_from_bytes(data)
+    path = context.stores.artifacts.model_path(job.model_id, attempt)
+    write_atomic(path, data)
+    model_row = {
+        "id": job.model_id,
+        "job_id": job.id,
+        "model_type": artifact.model_type,
+        "dataset": job.dataset,
+        "classes": artifact.classes,
+        "metrics": artifact.metrics,
+        "train_opts": job.train_opts,
+        "example_idxs": job.example_idxs,
+        "preprocessing": artifact.preprocessing,
+        "filename": str(path.relative_to(context.stores.artifacts.root)),
+    }
+    try:
+        done = context.stores.jobs.complete(job_id, attempt, model_row)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    context.stores.artifacts.remove(context.stores.artifacts.checkpoint_path(job_id))
+    context.scheduler.wake()
+    return {"job_id": done.id, "state": done.state.value, "model_id": done.model_id}
+
+
+@bp.post("/jobs/<job_id>/failure")
+@token_required
+def post_failure(job_id: str) -> dict[str, Any]:
+    """Record that the owning attempt failed: the job fails with the trainer's error."""
+    context = ctx()
+    check_id(job_id, "job_id")
+    body = json_body()
+    attempt = _attempt(body.get("attempt"))
+    error = str(body.get("error") or "the job failed without a message")
+    job = context.stores.jobs.fail(job_id, attempt, error)
+    context.scheduler.wake()
+    return {"job_id": job.id, "state": job.state.value}

@@ -1,0 +1,210 @@
+"""Serving predictions: a bounded in-memory model cache and opportunistic batching.
+
+A model is loaded once (``weights_only=True``), put in eval mode and kept in an LRU cache of
+``predict_cache_models`` entries. Requests for one model are batched without waiting: the
+first request runs at once; requests that arrive while a forward pass is running queue up and
+the next of them runs all queued inputs as one batch. An idle model never waits, a busy one
+turns many small forwards into few large ones. More than ``predict_max_inflight`` requests at
+once are refused with 503 and ``Retry-After`` instead of piling up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnswarm.config import Settings
+from cnnswarm.errors import InvalidInput, Overloaded
+from cnnswarm.ml.artifact import load_artifact
+from cnnswarm.ml.preprocess import Preprocessing
+
+
+@dataclass
+class _Request:
+    inputs: torch.Tensor
+    done: threading.Event = field(default_factory=threading.Event)
+    promoted: bool = False
+    outputs: torch.Tensor | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> torch.Tensor:
+        if self.error is not None:
+            raise self.error
+        assert self.outputs is not None
+        return self.outputs
+
+
+class Batcher:
+    """Runs one model's forward passes, merging requests that arrive while it is busy."""
+
+    def __init__(self, model: nn.Module, max_batch: int) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._pending: list[_Request] = []
+        self._busy = False
+        self.forward_calls = 0  # how many forward passes ran (a measure of batching)
+
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Softmax outputs for ``inputs`` (N, C, H, W), maybe computed in a shared batch."""
+        request = _Request(inputs)
+        with self._lock:
+            self._pending.append(request)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            request.done.wait()
+            if not request.promoted:
+                return request.outcome()
+        # This thread leads: its request is first in line, run it with whatever queued behind.
+        with self._lock:
+            batch = self._take()
+        self._run(batch)
+        with self._lock:
+            if self._pending:
+                successor = self._pending[0]
+                successor.promoted = True
+                successor.done.set()
+            else:
+                self._busy = False
+        return request.outcome()
+
+    def _take(self) -> list[_Request]:
+        batch = [self._pending.pop(0)]
+        rows = len(batch[0].inputs)
+        while self._pending and rows + len(self._pending[0].inputs) <= self.max_batch:
+            rows += len(self._pending[0].inputs)
+            batch.append(self._pending.pop(0))
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        try:
+            inputs = batch[0].inputs if len(batch) == 1 else torch.cat([r.inputs for r in batch])
+            with torch.inference_mode():
+                probs = torch.softmax(self.model(inputs).float(), dim=1)
+            self.forward_calls += 1
+            start = 0
+            for request in batch:
+                request.outputs = probs[start : start + len(request.inputs)]
+                start += len(request.inputs)
+        except BaseException as exc:
+            for request in batch:
+                request.error = exc
+        for request in batch:
+            if not request.promoted:
+                request.done.set()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve."""
+
+    model_id: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    batcher: Batcher
+
+
+class Predictor:
+    """The model cache and admission control of one controller process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._inflight = threading.BoundedSemaphore(settings.predict_max_inflight)
+
+    def get(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
+        """The loaded model for a ``models`` row (cached by its file, so a re-published id
+        never serves stale weights)."""
+        key = f"{model_row['id']}:{model_row['filename']}"
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                self._models.move_to_end(key)
+                return loaded
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:  # one load per model, however many requests ask at once
+            with self._lock:
+                loaded = self._models.get(key)
+            if loaded is None:
+                artifact = load_artifact(home_dir / model_row["filename"])
+                model = artifact.build_model()
+                loaded = LoadedModel(
+                    model_id=str(model_row["id"]),
+                    classes=list(artifact.classes),
+                    preprocessing=Preprocessing.from_json(artifact.preprocessing),
+                    batcher=Batcher(model, self.settings.predict_max_batch),
+                )
+                with self._lock:
+                    self._models[key] = loaded
+                    while len(self._models) > self.settings.predict_cache_models:
+                        self._models.popitem(last=False)
+                    self._loading.pop(key, None)
+        return loaded
+
+    def forget(self, model_id: str) -> None:
+        """Drop a deleted model from the cache."""
+        with self._lock:
+            for key in [k for k in self._models if k.split(":", 1)[0] == model_id]:
+                del self._models[key]
+
+    def predict(
+        self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
+    ) -> list[dict[str, Any]]:
+        """Class, probability and the ``top_k`` best classes for each input row."""
+        if not self._inflight.acquire(blocking=False):
+            raise Overloaded(
+                f"more than {self.settings.predict_max_inflight} predict requests in flight; "
+                "retry shortly",
+                retry_after=1,
+            )
+        try:
+            probs = loaded.batcher.probabilities(inputs)
+        finally:
+            self._inflight.release()
+        k = min(top_k, probs.shape[1])
+        values, indices = torch.topk(probs, k, dim=1)
+        predictions = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+            ranked = [
+                {"class_idx": idx, "class_tag": loaded.classes[idx], "probability": p}
+                for p, idx in zip(row_values, row_indices, strict=True)
+            ]
+            predictions.append({**ranked[0], "top_k": ranked})
+        return predictions
+
+
+def examples_to_tensor(examples: Any, prep: Preprocessing, max_items: int) -> torch.Tensor:
+    """Already-normalized nested lists (the seed's ``examples``) -> ``(N, C, H, W)`` float32,
+    checked against the model's input shape."""
+    if not isinstance(examples, list) or not examples:
+        raise InvalidInput("examples must be a non-empty nested list", field="examples")
+    try:
+        tensor = torch.tensor(examples, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidInput(
+            "examples must be a rectangular nested list of numbers", field="examples"
+        ) from None
+    expected = (prep.channels, prep.height, prep.width)
+    if tensor.dim() == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
+        raise InvalidInput(
+            f"examples must have shape N x {expected[0]} x {expected[1]} x {expected[2]}, "
+            f"got {list(tensor.shape)}",
+            field="examples",
+        )
+    if len(tensor) > max_items:
+        raise InvalidInput(f"at most {max_items} examples per request", field="examples")
+    if not torch.isfinite(tensor).all():
+        raise InvalidInput("examples must be finite numbers", field="examples")
+    return tensor

@@ -1,0 +1,203 @@
+"""The scheduler: gives queued jobs to trainers with free slots and requeues lost ones.
+
+One controller schedules at a time (the ``leader`` lease row); every controller runs this
+loop and the others wait. A loop iteration:
+
+1. renew (or take) the leader lease; a controller that just became leader gives running jobs
+   a fresh lease first, so trainers can re-attach after a controller outage;
+2. requeue running jobs whose lease expired (or fail them past the retry limit);
+3. for each queued job in submission order, pick the live trainer with the fewest running
+   jobs and a free slot, claim the job in the DB (attempt + 1), then POST it to the trainer;
+   a failed POST undoes the claim.
+
+``wake()`` runs an iteration at once (a job submitted to an idle system starts within a
+fraction of a second); otherwise it runs every ``scheduler_interval_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import requests
+
+from cnnswarm.config import Settings
+from cnnswarm.http import auth_headers
+from cnnswarm.store import Stores
+from cnnswarm.store.jobs import Job
+from cnnswarm.store.trainers import Trainer
+
+log = logging.getLogger(__name__)
+
+DISPATCH_TIMEOUT_S = 5.0
+
+
+class Scheduler:
+    """The leader loop of one controller process."""
+
+    def __init__(self, settings: Settings, stores: Stores) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.holder = f"controller-{uuid.uuid4().hex[:12]}"
+        self.is_leader = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session = requests.Session()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and hand the leader lease over at once."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.is_leader:
+            self.stores.trainers.resign(self.holder)
+            self.is_leader = False
+
+    def wake(self) -> None:
+        """Run an iteration now (after a submission, a heartbeat with free slots, ...)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler iteration failed; retrying")
+            self._wake.wait(self.settings.scheduler_interval_s)
+            self._wake.clear()
+
+    # -- one iteration --------------------------------------------------------------------
+
+    def tick(self) -> list[Job]:
+        """One scheduling round; returns the jobs dispatched (tests call this directly)."""
+        was_leader = self.is_leader
+        # The leader lease outlives a few missed rounds but not a dead controller.
+        ttl = max(3 * self.settings.scheduler_interval_s, 2.0)
+        self.is_leader = self.stores.trainers.try_lead(self.holder, ttl_s=ttl)
+        if not self.is_leader:
+            return []
+        if not was_leader:
+            granted = self.stores.jobs.grant_grace(self.settings.lease_timeout_s)
+            log.info(
+                "%s became the scheduling leader; %d running job(s) get a fresh lease",
+                self.holder,
+                granted,
+            )
+        for job in self.stores.jobs.expire_leases(self.settings.max_attempts):
+            log.warning("job %s lost its trainer: now %s (%s)", job.id, job.state.value, job.error)
+        return self._dispatch_queued()
+
+    def _free_slots(self) -> dict[str, tuple[Trainer, int]]:
+        running = self.stores.jobs.running_per_trainer()
+        free: dict[str, tuple[Trainer, int]] = {}
+        for trainer in self.stores.trainers.alive(self.settings.lease_timeout_s):
+            slots = trainer.slots - running.get(trainer.id, 0)
+            if slots > 0:
+                free[trainer.id] = (trainer, running.get(trainer.id, 0))
+        return free
+
+    def _dispatch_queued(self) -> list[Job]:
+        from cnnswarm.store.jobs import JobState
+
+        dispatched: list[Job] = []
+        free = self._free_slots()
+        if not free:
+            return dispatched
+        for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100):
+            if not free:
+                break
+            # Least running now (not least ever run); ties broken by trainer id for stability.
+            trainer_id = min(free, key=lambda tid: (free[tid][1], tid))
+            trainer, running = free[trainer_id]
+            claimed = self.stores.jobs.claim(job, trainer.id, self.settings.lease_timeout_s)
+            if claimed is None:
+                continue
+            if self._post_to_trainer(trainer, claimed):
+                dispatched.append(claimed)
+                running += 1
+                if running >= trainer.slots:
+                    del free[trainer_id]
+                else:
+                    free[trainer_id] = (trainer, running)
+            else:
+                self.stores.jobs.unclaim(claimed)
+                del free[trainer_id]  # do not try it again this round
+        return dispatched
+
+    def _post_to_trainer(self, trainer: Trainer, job: Job) -> bool:
+        body: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempt,
+            "model_id": job.model_id,
+            "model_type": job.model_type,
+            "dataset": job.dataset,
+            "example_idxs": job.example_idxs,
+            "train_opts": job.train_opts,
+        }
+        try:
+            response = self._session.post(
+                f"{trainer.url.rstrip('/')}/train",
+                json=body,
+                headers=auth_headers(self.settings.api_token),
+                timeout=DISPATCH_TIMEOUT_S,
+            )
+        except requests.RequestException as exc:
+            log.warning("dispatch of %s to %s failed: %s", job.id, trainer.url, exc)
+            return False
+        if response.status_code in (200, 202):
+            log.info("job %s attempt %d -> trainer %s", job.id, job.attempt, trainer.id)
+            return True
+        log.warning(
+            "trainer %s refused %s: %s %s",
+            trainer.url,
+            job.id,
+            response.status_code,
+            response.text[:200],
+        )
+        return False
+
+    # -- helpers for routes ---------------------------------------------------------------
+
+    def tell_trainer_to_cancel(self, trainer_id: str, job_id: str) -> None:
+        """Ask the trainer to stop ``job_id`` now (its next heartbeat would tell it anyway)."""
+        trainer = self.stores.trainers.get(trainer_id)
+        if trainer is None:
+            return
+        try:
+            self._session.post(
+                f"{trainer.url.rstrip('/')}/jobs/{job_id}/cancel",
+                headers=auth_headers(self.settings.api_token),
+                timeout=DISPATCH_TIMEOUT_S,
+            )
+        except requests.RequestException as exc:
+            log.info(
+                "could not reach trainer %s to cancel %s (%s); its heartbeat will",
+                trainer.url,
+                job_id,
+                exc,
+            )
+
+    def waiting_reason(self, jobs_ahead: int) -> str:
+        """Why a queued job with ``jobs_ahead`` jobs before it has not started."""
+        alive = self.stores.trainers.alive(self.settings.lease_timeout_s)
+        if not alive:
+            return "no trainer is connected; the job starts when one registers"
+        free = self._free_slots()
+        if not free:
+            slots = sum(t.slots for t in alive)
+            return f"all {slots} trainer slot(s) are busy"
+        if jobs_ahead:
+            return f"{jobs_ahead} job(s) ahead in the queue"
+        return "being dispatched to a trainer"

@@ -1,0 +1,228 @@
+"""The seed's controller routes, with the seed's request and response shapes.
+
+Clients written for the seed keep working; what changed is underneath: ``/train`` queues a
+durable job (the seed started a thread on one trainer), ``/predict`` uses the model cache and
+eval mode, and errors use 4xx codes while keeping the ``exception`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request
+
+from cnnswarm.controller.context import ctx
+from cnnswarm.controller.jobs_api import submit_job
+from cnnswarm.controller.models_api import load_model
+from cnnswarm.controller.predictor import examples_to_tensor
+from cnnswarm.errors import CnnSwarmError, InvalidInput
+from cnnswarm.http import json_body, require_token
+from cnnswarm.ml.datasets import SEED_CIFAR10_TAGS, normalize
+from cnnswarm.store.jobs import JobState
+
+bp = Blueprint("seed", __name__)
+token_required = require_token(lambda: ctx().settings.api_token)
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_EXAMPLES = 1000
+SEED_TRAIN_KEYS = ("model_type", "model_id", "example_idxs", "train_opts", "dataset")
+CIFAR10_ARCHIVE_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def seed_errors(view: F) -> F:
+    """Answer errors as the seed did (``exception`` plus the request as ``content``), with a
+    4xx status instead of the seed's 200."""
+
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except CnnSwarmError as error:
+            body = error.to_json()
+            if 400 <= error.status < 500 and error.status != 401:
+                body["exception"] = "InvalidInputArg"
+                body["content"] = request.get_json(silent=True)
+            response = jsonify(body)
+            response.status_code = error.status
+            return response
+
+    return cast(F, wrapped)
+
+
+def seed_tags(classes: list[str]) -> list[str]:
+    """The seed's short CIFAR-10 tags for a CIFAR-10 model's classes; other classes as is."""
+    if tuple(classes) == CIFAR10_ARCHIVE_CLASSES:
+        return list(SEED_CIFAR10_TAGS)
+    return classes
+
+
+@bp.get("/")
+def index() -> Response:
+    return Response("<p>cnn-swarm controller is running.</p>", mimetype="text/html")
+
+
+@bp.get("/type")
+def app_type() -> dict[str, str]:
+    return {"type": "controller"}
+
+
+@bp.get("/status")
+def status() -> dict[str, Any]:
+    """Per trainer, its jobs in the seed's shape (``duration``, ``progress`` 0-100,
+    ``complete``) and its ``url``; plus queue counts and trainer details."""
+    context = ctx()
+    timeout = context.settings.lease_timeout_s
+    running = context.stores.jobs.list_jobs(JobState.RUNNING)
+    now = __import__("time").time()
+    train_jobs = []
+    for trainer in context.stores.trainers.all():
+        if not trainer.is_alive(timeout):
+            continue
+        jobs = {
+            job.id: {
+                "model_id": job.model_id,
+                "duration": round(now - (job.started_at or now), 3),
+                "progress": round(100.0 * job.progress, 2),
+                "complete": False,
+                "attempt": job.attempt,
+            }
+            for job in running
+            if job.trainer_id == trainer.id
+        }
+        train_jobs.append(
+            {
+                "url": trainer.url.rstrip("/") + "/",
+                "trainer_id": trainer.id,
+                "slots": trainer.slots,
+                "jobs": jobs,
+            }
+        )
+    counts = {state.value: 0 for state in JobState}
+    for job in context.stores.jobs.list_jobs():
+        counts[job.state.value] += 1
+    return {"train_jobs": train_jobs, "job_counts": counts, "leader": context.scheduler.is_leader}
+
+
+@bp.post("/train")
+@token_required
+@seed_errors
+def train() -> dict[str, Any]:
+    """Queue a training job; without ``dataset`` it trains on CIFAR-10, as in the seed."""
+    body = json_body()
+    unknown = sorted(set(body) - set(SEED_TRAIN_KEYS))
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}", field=unknown[0])
+    for key in ("model_type", "model_id"):
+        if key not in body:
+            raise InvalidInput(f"{key} is required", field=key)
+    job, _ = submit_job(body, default_dataset="cifar10")
+    return {"status": {"initiated": True}, "job_id": job.id, "model_id": job.model_id}
+
+
+@bp.post("/predict")
+@seed_errors
+def predict() -> dict[str, Any]:
+    body = json_body()
+    if "model_id" not in body:
+        raise InvalidInput("model_id is required", field="model_id")
+    loaded = load_model(body["model_id"])
+    inputs = examples_to_tensor(body.get("examples"), loaded.preprocessing, MAX_EXAMPLES)
+    predictions = ctx().predictor.predict(loaded, inputs, top_k=1)
+    tags = seed_tags(loaded.classes)
+    idxs = [p["class_idx"] for p in predictions]
+    return {
+        "class_idxs": idxs,
+        "class_tags": [tags[i] for i in idxs],
+        "probabilities": [p["probability"] for p in predictions],
+    }
+
+
+def _index_range(raw: Any, size: int) -> tuple[int, int]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        start, end = raw, raw + 1
+    elif (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in raw)
+    ):
+        start, end = raw
+    else:
+        raise InvalidInput("example_idxs must be an integer or [start, end]", field="example_idxs")
+    if not 0 <= start < end <= size:
+        raise InvalidInput(
+            f"example_idxs must satisfy 0 <= start < end <= {size}, got [{start}, {end}]",
+            field="example_idxs",
+        )
+    if end - start > MAX_EXAMPLES:
+        raise InvalidInput(f"at most {MAX_EXAMPLES} examples per request", field="example_idxs")
+    return start, end
+
+
+@bp.post("/get_examples")
+@seed_errors
+def get_examples() -> dict[str, Any]:
+    """Normalized examples of a dataset split (CIFAR-10 by default), as the seed served them."""
+    import torch
+
+    body = json_body()
+    split = body.get("dataset_type", "train")
+    if split not in ("train", "test"):
+        raise InvalidInput("dataset_type must be 'train' or 'test'", field="dataset_type")
+    dataset = ctx().datasets.load(body.get("dataset", "cifar10"))
+    x = dataset.x_train if split == "train" else dataset.x_test
+    y = dataset.y_train if split == "train" else dataset.y_test
+    start, end = _index_range(body.get("example_idxs"), len(x))
+    examples = normalize(
+        torch.from_numpy(np.ascontiguousarray(x[start:end])), dataset.normalization
+    )
+    tags = seed_tags(dataset.classes)
+    labels = [int(v) for v in y[start:end]]
+    return {
+        "class_idxs": labels,
+        "class_tags": [tags[i] for i in labels],
+        "examples": examples.tolist(),
+    }
+
+
+@bp.post("/get_dataset_info")
+@seed_errors
+def get_dataset_info() -> dict[str, Any]:
+    body = json_body()
+    name = body.get("dataset_name", body.get("dataset", "cifar10"))
+    if not isinstance(name, str):
+        raise InvalidInput("dataset_name must be a string", field="dataset_name")
+    info = ctx().datasets.info(name)
+    return {
+        "num_train": info["num_train"],
+        "num_test": info["num_test"],
+        "ex_shape": info["shape"],
+        "num_classes": info["num_classes"],
+    }
+
+
+@bp.get("/get_model_info")
+def get_model_info() -> dict[str, Any]:
+    return {
+        row["id"]: {
+            "model_type": row["model_type"],
+            "example_idxs": row["example_idxs"],
+            "train_opts": row["train_opts"],
+            "filename": f"{row['id']}.pth",
+            "dataset": row["dataset"],
+        }
+        for row in ctx().stores.catalog.list_models()
+    }
