@@ -147,7 +147,8 @@ def _strip_wrapper(
 def _layout(
     images: dict[tuple[str, ...], Image.Image], folders: set[tuple[str, ...]]
 ) -> tuple[dict[str, dict[str, list[tuple[str, ...]]]], set[str]]:
-    """Images grouped as ``{split: {class: [paths]}}`` (split "" when undivided) + class folders."""
+    """Images as ``{split: {class: [paths]}}`` (split "" when undivided), and the training class
+    folders (an empty one is an error later, not silently dropped)."""
     if not images:
         raise InvalidInput(
             f"upload holds no images ({', '.join(IMAGE_EXTENSIONS)}) in class_name/ folders"
@@ -170,7 +171,7 @@ def _layout(
     class_folders = {
         f[depth - 2]
         for f in folders
-        if len(f) == depth - 1 and (not divided or f[0].lower() in _SPLITS)
+        if len(f) == depth - 1 and (not divided or f[0].lower() == "train")
     }
     return groups, class_folders
 
