@@ -65,6 +65,9 @@ class FakeController:
     # Dataset ids whose download answers 503 (the controller "is restarting").
     unavailable_datasets: set[str] = field(default_factory=set)
     drop: list[dict[str, Any]] = field(default_factory=list)
+    # While True every route answers 503 (the controller is restarting).
+    maintenance: bool = False
+    maintenance_answers: int = 0
     required_token: str = ""
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -89,6 +92,9 @@ def _build_app(state: FakeController) -> Flask:
 
     @app.before_request
     def check_token() -> Any:
+        if state.maintenance:
+            state.maintenance_answers += 1
+            return jsonify({"exception": "Unavailable"}), 503
         if state.required_token and (
             request.headers.get("Authorization") != f"Bearer {state.required_token}"
         ):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import queue
 import signal
 import threading
@@ -111,14 +110,10 @@ def parse_dispatch(body: Mapping[str, Any]) -> Dispatch:
 
 
 def child_torch_threads(settings: Settings) -> int:
-    """Torch threads for one job: ``settings.torch_threads``, else this host's CPUs / slots."""
-    if settings.torch_threads > 0:
-        return settings.torch_threads
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // settings.trainer_slots)
+    """Torch threads for one job: ``settings.torch_threads``, else this host's CPU share / slots."""
+    from cnnswarm.serve import torch_threads_for  # cgroup-aware; the one place that splits CPUs
+
+    return torch_threads_for(settings, sharers=settings.trainer_slots)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -239,9 +234,15 @@ class JobRunner:
             return {job_id: job.status() for job_id, job in latest.items()}
 
     def heartbeat_jobs(self) -> list[dict[str, Any]]:
-        """The jobs this trainer runs, as the heartbeat reports them."""
+        """The jobs this trainer runs, as the heartbeat reports them.
+
+        A job being stopped is left out: this trainer no longer claims it (a controller that
+        comes back must not re-attach a job the trainer has given up).
+        """
         with self._lock:
-            return [job.heartbeat_entry() for job in self._active()]
+            return [
+                job.heartbeat_entry() for job in self._active() if job.phase is JobPhase.RUNNING
+            ]
 
     # -- commands ------------------------------------------------------------------------------
 
