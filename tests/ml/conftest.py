@@ -1,16 +1,13 @@
-"""Fixtures for the ml tests: the CIFAR archive writer and small image/archive builders."""
+"""Fixtures for the ml tests: one torch thread, and the CIFAR archive writer."""
 
 from __future__ import annotations
 
 import importlib.util
-import io
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 torch.set_num_threads(1)
 
@@ -28,18 +25,3 @@ def _load_fixture_module(name: str) -> ModuleType:
 def cifar_fixtures() -> ModuleType:
     """``tests/fixtures_cifar.py`` (``write_cifar10_archive``, ``py2_pickle``)."""
     return _load_fixture_module("fixtures_cifar")
-
-
-def encode_image(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
-    """HxW or HxWxC uint8 array -> encoded image bytes, written by Pillow."""
-    image = Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def png_bytes() -> bytes:
-    """A 6x5 RGB PNG."""
-    rng = np.random.default_rng(1)
-    return encode_image(rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8))

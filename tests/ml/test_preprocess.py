@@ -83,3 +83,17 @@ def test_predict_path_matches_upload_path(tmp_path: Path) -> None:
     flat_expected = {tuple(t.flatten().tolist()) for t in expected}
     flat_predicted = {tuple(t.flatten().tolist()) for t in predicted}
     assert flat_predicted == flat_expected
+
+
+def test_cmyk_palette_and_alpha_become_rgb() -> None:
+    prep = Preprocessing(channels=3, height=2, width=2, mean=(0, 0, 0), std=(1, 1, 1))
+    cmyk = encode(Image.new("CMYK", (2, 2), (0, 255, 255, 0)), "JPEG")  # red
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([0, 0, 255] * 256)
+    rgba = encode(Image.new("RGBA", (2, 2), (0, 255, 0, 0)))  # alpha dropped, colour kept
+    out = images_to_tensor([cmyk, encode(palette), rgba], prep)
+    assert out.shape == (3, 3, 2, 2)
+    red, blue, green = (out[i, :, 0, 0].tolist() for i in range(3))
+    assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1
+    assert blue == [0.0, 0.0, 1.0]
+    assert green == [0.0, 1.0, 0.0]
