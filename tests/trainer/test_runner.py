@@ -203,3 +203,59 @@ def test_no_free_slot_is_a_conflict_and_same_attempt_is_idempotent(
         assert fake_controller.failures == []
     finally:
         runner.shutdown()
+
+
+ORPHAN_SCRIPT = """
+import sys
+from pathlib import Path
+from cnnswarm.config import Settings
+from cnnswarm.trainer.child import Dispatch
+from cnnswarm.trainer.controller_api import ControllerClient
+from cnnswarm.trainer.runner import JobRunner
+
+if __name__ == "__main__":
+    settings = Settings(home_dir=Path(sys.argv[2]), controller_url=sys.argv[1], torch_threads=1)
+    runner = JobRunner(settings, ControllerClient(sys.argv[1]))
+    job = runner.start(Dispatch("j", 1, "m", "SmallConvNet", "waiting", None, None))
+    print(job.process.pid, flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_children_exit_when_the_trainer_process_is_killed(fake_controller: Any, tmp_path: Path):
+    import subprocess
+    import sys
+
+    fake_controller.unavailable_datasets.add("waiting")
+    script = tmp_path / "trainer_parent.py"
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), fake_controller.url, str(tmp_path / "home")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid: int | None = None
+
+    def child_gone() -> bool:
+        assert child_pid is not None
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (reparented, not yet reaped) counts as gone.
+        status = Path(f"/proc/{child_pid}/status")
+        return status.exists() and "zombie" in status.read_text()
+
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        fake_controller.wait_for(lambda: 503 in fake_controller.dataset_answers, timeout=30)
+        parent.kill()  # kill -9 of the trainer: no cleanup code runs in it
+        parent.wait(10)
+        fake_controller.wait_for(child_gone, timeout=10)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if child_pid is not None and not child_gone():
+            os.kill(child_pid, signal.SIGKILL)  # never leave an orphan behind a failed test
