@@ -17,7 +17,7 @@ from typing import Any
 
 from cnnswarm.client import DEFAULT_URL, Client, ClientError
 from cnnswarm.config import ConfigError, Settings, load_settings
-from cnnswarm.progress import ProgressBar, format_table, last_metrics
+from cnnswarm.progress import ProgressBar, format_table, format_time, last_metrics
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -95,6 +95,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         home=Path(args.home).expanduser() if args.home else settings.home_dir,
         host=args.host,
         url_file=args.url_file,
+        token=args.token,
     )
 
 
@@ -180,10 +181,12 @@ def cmd_job(args: argparse.Namespace) -> int:
         _emit_json(job)
         return 0
     for key in sorted(job):
-        if key != "metrics":
-            print(
-                f"{key}: {json.dumps(job[key]) if isinstance(job[key], dict | list) else job[key]}"
-            )
+        value = job[key]
+        if key == "metrics":
+            continue
+        if isinstance(value, dict | list):
+            value = json.dumps(value)
+        print(f"{key}: {format_time(value) if key.endswith('_at') else value}")
     metrics = job.get("metrics") or []
     if metrics:
         keys = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"]
@@ -221,7 +224,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 model.get("dataset"),
                 last.get("test_accuracy"),
                 ",".join(aliases) if isinstance(aliases, list) else aliases,
-                model.get("created"),
+                format_time(model.get("created", model.get("created_at"))),
             ]
         )
     print(format_table(["ID", "TYPE", "DATASET", "TEST_ACC", "ALIASES", "CREATED"], rows))
@@ -247,10 +250,11 @@ def _dataset_row(dataset: dict[str, Any]) -> list[Any]:
         dataset.get("num_train"),
         dataset.get("num_test"),
         "x".join(str(d) for d in shape) if isinstance(shape, list) else shape,
+        dataset.get("description"),
     ]
 
 
-DATASET_HEADERS = ["ID", "NAME", "CLASSES", "TRAIN", "TEST", "SHAPE"]
+DATASET_HEADERS = ["ID", "NAME", "CLASSES", "TRAIN", "TEST", "SHAPE", "DESCRIPTION"]
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -297,8 +301,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         _emit_json(status)
         return 0
     for key in sorted(status):
-        if key != "train_jobs" and not isinstance(status[key], dict | list):
-            print(f"{key}: {status[key]}")
+        value = status[key]
+        if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+            value = ", ".join(f"{name} {count}" for name, count in value.items())
+        if key != "train_jobs" and not isinstance(value, dict | list):
+            print(f"{key}: {value}")
     rows = []
     for trainer in status.get("train_jobs") or []:
         jobs = trainer.get("jobs") or {}

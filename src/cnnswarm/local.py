@@ -71,9 +71,13 @@ def _pump_output(name: str, stream: IO[bytes], lock: threading.Lock) -> None:
     stream.close()
 
 
-def _start(name: str, args: list[str], url_file: Path, lock: threading.Lock) -> Child:
+def _start(
+    name: str, args: list[str], url_file: Path, lock: threading.Lock, token: str = ""
+) -> Child:
     """Start ``cnn-swarm <args> --url-file <url_file>`` as a child in its own process group."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if token:
+        env["CNN_SWARM_API_TOKEN"] = token
     env[PARENT_PID_ENV] = str(os.getpid())
     process = subprocess.Popen(
         [sys.executable, "-m", "cnnswarm.cli", *args, "--url-file", str(url_file)],
@@ -133,11 +137,13 @@ def run_local_cluster(
     home: Path,
     host: str = "127.0.0.1",
     url_file: Path | None = None,
+    token: str = "",
     startup_timeout_s: float = 120.0,
 ) -> int:
     """Run a controller on ``host:port`` (0: ephemeral) and ``trainers`` trainers on ephemeral
     ports until Ctrl-C, SIGTERM or a child's death; print (and write to ``url_file``) the
-    controller URL once everything answers ``/readyz``. Returns the exit status for the CLI."""
+    controller URL once everything answers ``/readyz``; ``token`` (when set) is the API token
+    of every child. Returns the exit status for the CLI."""
     home.mkdir(parents=True, exist_ok=True)
     runtime_dir = Path(tempfile.mkdtemp(prefix="cnn-swarm-up-"))
     lock = threading.Lock()
@@ -154,6 +160,7 @@ def run_local_cluster(
             ["controller", "--host", host, "--port", str(port), "--home", str(home)],
             runtime_dir / "controller.url",
             lock,
+            token,
         )
         children.append(controller)
         controller_url = _wait_ready(controller, deadline)
@@ -170,7 +177,7 @@ def run_local_cluster(
                 controller_url,
             ]
             name = f"trainer-{index}"
-            children.append(_start(name, trainer_args, runtime_dir / f"{name}.url", lock))
+            children.append(_start(name, trainer_args, runtime_dir / f"{name}.url", lock, token))
         for child in children[1:]:
             _wait_ready(child, deadline)
         if url_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 BAR_WIDTH = 24
@@ -29,6 +30,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         for line in [list(headers), *cells]
     ]
     return "\n".join(lines)
+
+
+def format_time(value: Any) -> Any:
+    """A Unix timestamp as local ``YYYY-MM-DD HH:MM:SS``; anything else unchanged."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e9:
+        return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    return value
 
 
 def last_metrics(job: dict[str, Any]) -> dict[str, Any]:

@@ -121,6 +121,7 @@ def create_fake_app(state: FakeState) -> Flask:
                                                    "complete": False}}},
             ],
             "queued": 2,
+            "job_counts": {"queued": 2, "running": 1},
         }  # fmt: skip
 
     @app.post("/api/v1/datasets")
@@ -211,7 +212,7 @@ def create_fake_app(state: FakeState) -> Flask:
     @app.get("/api/v1/models")
     def list_models() -> Any:
         return {"models": [{"id": "m-1", "model_type": "ResNet8", "dataset": "cifar10",
-                            "classes": CLASSES, "aliases": ["prod"], "created": "2024-01-01",
+                            "classes": CLASSES, "aliases": ["prod"], "created": 1700000000.5,
                             "metrics": [{"epoch": 1, "test_accuracy": 0.61}]}]}  # fmt: skip
 
     @app.get("/api/v1/models/<model_id>")

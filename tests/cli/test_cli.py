@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def test_datasets_upload_and_list(fake: Any, capsys: Any, tmp_path: Path) -> Non
     archive.write_bytes(b"npz")
     code, out, _ = run(capsys, "--url", fake.url, "datasets", "upload", str(archive))
     assert code == 0
-    assert out.splitlines()[1].split() == ["ds-pets", "pets", "2", "8", "2", "3x16x16"]
+    assert out.splitlines()[1].split() == ["ds-pets", "pets", "2", "8", "2", "3x16x16", "-"]
     code, out, _ = run(capsys, "--url", fake.url, "datasets")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == ["ID", "cifar10", "digits"]
@@ -126,11 +127,12 @@ def test_datasets_upload_and_list(fake: Any, capsys: Any, tmp_path: Path) -> Non
 
 def test_models_status_and_alias(fake: Any, capsys: Any) -> None:
     code, out, _ = run(capsys, "--url", fake.url, "models")
+    created = datetime.fromtimestamp(1700000000.5).strftime("%Y-%m-%d %H:%M:%S")
     assert code == 0 and out.splitlines()[1].split() == [
-        "m-1", "ResNet8", "cifar10", "0.61", "prod", "2024-01-01",
+        "m-1", "ResNet8", "cifar10", "0.61", "prod", *created.split(),
     ]  # fmt: skip
     code, out, _ = run(capsys, "--url", fake.url, "status")
-    assert code == 0 and "queued: 2" in out
+    assert code == 0 and "queued: 2" in out and "job_counts: queued 2, running 1" in out
     assert out.splitlines()[-1].split() == ["http://10.0.0.2:48516/", "t-1", "0", "1", "j-1"]
     code, out, _ = run(capsys, "--url", fake.url, "alias", "prod", "m-1")
     assert code == 0 and out.strip() == "prod -> m-1"
