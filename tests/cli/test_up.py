@@ -1,0 +1,78 @@
+"""`cnn-swarm up` for real: a controller and a trainer as child processes, then SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cnnswarm.client import Client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_up_serves_until_sigterm_then_leaves_no_process(tmp_path: Path) -> None:
+    url_file = tmp_path / "controller.url"
+    env = dict(os.environ, TORCH_THREADS="1", HEARTBEAT_INTERVAL_S="0.2")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cnnswarm.cli", "up", "--trainers", "1", "--port", "0",
+         "--home", str(tmp_path / "home"), "--url-file", str(url_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not url_file.exists():
+            assert up.poll() is None, up.communicate()[0]
+            assert time.monotonic() < deadline, "up never wrote its URL file"
+            time.sleep(0.1)
+        client = Client(url_file.read_text().strip(), timeout=5)
+        assert client.ready()
+        trainers: list[dict[str, object]] = []
+        while len(trainers) < 1:  # the trainer was ready before the URL file was written
+            assert time.monotonic() < deadline, "the trainer never registered"
+            trainers = client.status()["train_jobs"]
+            time.sleep(0.1)
+        children = [
+            int(pid)
+            for pid in subprocess.run(
+                ["pgrep", "-P", str(up.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert len(children) == 2  # one controller, one trainer
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for pid in children:  # in case `up` failed to: never leave servers behind
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    assert "cnn-swarm is up: controller at http://127.0.0.1:" in output
+    assert "cnn-swarm: stopping" in output
+    assert "[trainer-1]" in output and "[controller]" in output
+    assert not url_file.exists()
+    assert [pid for pid in children if _alive(pid)] == []
+    for group in children:  # each child led a process group: its gunicorn workers are gone too
+        left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout
+        assert [pid for pid in left.split() if _alive(int(pid))] == []
