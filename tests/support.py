@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
+import zipfile
 from collections.abc import Callable
 from typing import TypeVar
+
+import numpy as np
+from PIL import Image
 
 T = TypeVar("T")
 
@@ -29,3 +34,29 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A PNG file of a uint8 HxW or HxWx3 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digits_png(index: int) -> tuple[bytes, int]:
+    """Digit ``index`` of scikit-learn's set as an ordinary 8-bit PNG, and its label."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(digits.images[index] * 16, 0, 255).astype(np.uint8)
+    return png_bytes(pixels), int(digits.target[index])
+
+
+def image_folder_zip(classes: dict[str, list[bytes]]) -> bytes:
+    """A zip of ``class_name/<i>.png`` folders."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, images in classes.items():
+            for i, data in enumerate(images):
+                archive.writestr(f"{name}/{i}.png", data)
+    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""The heartbeat agent against a real (fake) controller: body, drops, self-fencing, address."""
+"""The heartbeat agent against a real (fake) controller: body, drops, outages, address."""
 
 from __future__ import annotations
 
@@ -71,10 +71,13 @@ def test_heartbeat_reports_jobs_and_obeys_drops(
         runner.shutdown()
 
 
-def test_self_fencing_when_the_controller_is_silent_past_the_lease(
+def test_jobs_keep_training_while_the_controller_is_away(
     fake_controller: Any, dead_controller_url: str, make_settings: Callable[..., Settings]
 ):
-    # Jobs talk to the (waiting) fake controller; heartbeats go to a dead address.
+    # Jobs talk to the (waiting) fake controller; heartbeats go to a dead address. A trainer
+    # must not stop its jobs because the controller is silent: a restarting controller gives
+    # running jobs a fresh lease, and a reassigned job is dropped when the trainer next gets
+    # through (its writes are fenced by attempt meanwhile).
     fake_controller.unavailable_datasets.add("waiting")
     settings = make_settings(fake_controller.url, lease_timeout_s=0.5)
     runner = JobRunner(settings, ControllerClient(fake_controller.url))
@@ -83,17 +86,13 @@ def test_self_fencing_when_the_controller_is_silent_past_the_lease(
     )
     try:
         job = runner.start(waiting_dispatch("j1"))
-        assert agent.beat_once() is False
-        assert job.phase is JobPhase.RUNNING  # not silent for long enough yet
-        deadline = time.monotonic() + 10
-        while job.phase is JobPhase.RUNNING and time.monotonic() < deadline:
-            agent.beat_once()
+        deadline = time.monotonic() + 1.5  # three lease timeouts of silence
+        while time.monotonic() < deadline:
+            assert agent.beat_once() is False
             time.sleep(0.1)
-        assert job.phase is JobPhase.STOPPING
-        poll_until(runner, lambda: job.phase.is_final)
-        assert job.phase is JobPhase.FENCED
-        assert fake_controller.failures == []
+        assert job.phase is JobPhase.RUNNING
         assert agent.consecutive_failures >= 2
+        # back-off stays short enough to re-attach within the lease once the controller is back
         assert agent.next_delay_s() <= max(settings.heartbeat_interval_s, 0.5 / 4)
     finally:
         runner.shutdown()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnswarm.controller.datasets import DatasetService
-from cnnswarm.errors import InvalidInput
+from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
 from cnnswarm.ml.train_options import TrainOptions
 from cnnswarm.store.artifacts import check_id
@@ -45,7 +45,13 @@ def parse_job_request(
         raise InvalidInput(
             "dataset is required (cifar10, digits, synthetic or an upload id)", field="dataset"
         )
-    dataset_id = datasets.resolve_id(dataset_name)
+    try:
+        dataset_id = datasets.resolve_id(dataset_name)
+    except NotFound as exc:
+        raise InvalidInput(
+            f"{exc.message}; use cifar10, digits, synthetic or an uploaded dataset's id",
+            field="dataset",
+        ) from None
     info = datasets.info(dataset_id)
     channels, height, width = info["shape"]
 

@@ -4,9 +4,12 @@ Guarantees:
 - Every ``heartbeat_interval_s`` the agent POSTs one heartbeat with this trainer's id, address,
   slots and running jobs; the controller's ``drop`` list stops those jobs (cancelled or
   reassigned elsewhere).
-- Self-fencing: when no heartbeat has succeeded for longer than ``lease_timeout_s``, the
-  controller has let this trainer's leases expire and another trainer may own its jobs, so the
-  agent stops them itself (they resume elsewhere from their last checkpoint).
+- No self-fencing: jobs keep training while the controller is unreachable (it may be
+  restarting, and a new leader grants running jobs a fresh lease so they re-attach with their
+  attempt unchanged). A job that was reassigned meanwhile is safe anyway: its writes carry a
+  stale attempt and are refused, and the next heartbeat that gets through drops it.
+- Back-off after failures is capped at a quarter of the lease, so a trainer re-attaches
+  within the grace a returning controller gives.
 - The loop never dies of an error: each round catches, logs and backs off (capped), and the
   controller's answer may retune the interval and the lease timeout.
 """
@@ -91,7 +94,7 @@ class HeartbeatAgent:
         }
 
     def beat_once(self) -> bool:
-        """Send one heartbeat and act on the answer; self-fence when leases must have expired.
+        """Send one heartbeat and act on the answer.
 
         Returns True when the controller answered.
         """
@@ -100,7 +103,6 @@ class HeartbeatAgent:
         except Exception as exc:  # never let one bad round end the loop
             self.consecutive_failures += 1
             log.warning("heartbeat failed (%d in a row): %s", self.consecutive_failures, exc)
-            self._fence_if_lease_expired()
             return False
         self.last_success_at = time.monotonic()
         self.consecutive_failures = 0
@@ -124,26 +126,12 @@ class HeartbeatAgent:
             if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
                 setattr(self, key.replace("heartbeat_", ""), float(value))
 
-    def _fence_if_lease_expired(self) -> None:
-        since = self.last_success_at if self.last_success_at is not None else self.started_at
-        silent_s = time.monotonic() - since
-        if silent_s > self.lease_timeout_s:
-            stopped = self.runner.stop_all(StopReason.FENCED)
-            if stopped:
-                log.warning(
-                    "no heartbeat for %.1f s (> lease %.1f s): stopped %s; another trainer may "
-                    "own them now",
-                    silent_s,
-                    self.lease_timeout_s,
-                    ", ".join(stopped),
-                )
-
     def next_delay_s(self) -> float:
         """The wait before the next round: the interval, doubled per failure, capped."""
         if self.consecutive_failures == 0:
             return self.interval_s
         backoff = self.interval_s * float(2 ** min(self.consecutive_failures - 1, 6))
-        # Never wait past the moment the lease may expire: fencing must happen on time.
+        # Come back within the grace a returning controller gives running jobs.
         return min(backoff, MAX_BACKOFF_S, max(self.interval_s, self.lease_timeout_s / 4))
 
     def run_forever(self) -> None:
