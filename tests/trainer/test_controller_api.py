@@ -98,3 +98,20 @@ def test_token_is_sent(fake_controller: Any):
     fake_controller.required_token = "tok"
     assert ControllerClient(fake_controller.url, "tok").get_checkpoint("j1") is None
     assert fake_controller.checkpoint_gets == ["j1"]
+
+
+def test_several_controllers_fail_over(
+    fake_controller: Any, dead_controller_url: str, tiny: ArrayDataset, tmp_path: Path
+):
+    fake_controller.add_dataset("tiny", tiny, tmp_path)
+    client = ControllerClient(f"{dead_controller_url}, {fake_controller.url}/")
+    assert client.base_url == dead_controller_url
+    # A heartbeat is tried once: it fails on the dead controller and moves on ...
+    with pytest.raises(ControllerUnavailable):
+        client.heartbeat({"trainer_id": "t1", "url": "u", "slots": 1, "jobs": []})
+    # ... so the next one reaches the live one.
+    assert "drop" in client.heartbeat({"trainer_id": "t1", "url": "u", "slots": 1, "jobs": []})
+    # Retried calls fail over within one call.
+    client = ControllerClient(f"{dead_controller_url},{fake_controller.url}")
+    path = client.fetch_dataset("tiny", tmp_path / "cache", policy=FAST)
+    assert ArrayDataset.load_npz(path).info() == tiny.info()

@@ -92,6 +92,10 @@ class ControllerClient:
 
     ``should_stop`` is polled while backing off; when it returns True the retry loop raises
     ``RetriesAborted`` so a cancelled job does not wait for an absent controller.
+
+    ``base_url`` may list several controllers separated by commas (controllers sharing one
+    PostgreSQL database are interchangeable): a connection error or a 5xx moves the client on
+    to the next one.
     """
 
     def __init__(
@@ -102,7 +106,10 @@ class ControllerClient:
         should_stop: Callable[[], bool] | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        if not self.base_urls:
+            raise ValueError("a controller URL is required")
+        self._current = 0
         self.token = token
         self.should_stop = should_stop or (lambda: False)
         self.session = session or requests.Session()
@@ -124,7 +131,6 @@ class ControllerClient:
         Connection errors and 5xx answers are retried with back-off until the policy's
         deadline, then ``ControllerUnavailable`` is raised.
         """
-        url = self.base_url + path
         headers = {**auth_headers(self.token), **kwargs.pop("headers", {})}
         started = time.monotonic()
         delay = policy.first_delay_s
@@ -133,7 +139,7 @@ class ControllerClient:
             try:
                 response = self.session.request(
                     method,
-                    url,
+                    self.base_url + path,
                     headers=headers,
                     timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
                     **kwargs,
@@ -147,12 +153,21 @@ class ControllerClient:
                     raise _error_from_answer(response, what)
                 problem = f"HTTP {response.status_code}"
                 response.close()
+            self._fail_over()
             elapsed = time.monotonic() - started
             if policy.deadline_s is not None and elapsed + delay > policy.deadline_s:
                 raise ControllerUnavailable(f"{what} failed for {elapsed:.1f} s: {problem}")
             log.warning("%s failed (%s); retrying in %.1f s", what, problem, delay)
             self._sleep_unless_stopped(delay)
             delay = min(delay * 2, policy.max_delay_s)
+
+    @property
+    def base_url(self) -> str:
+        """The controller this client talks to now."""
+        return self.base_urls[self._current]
+
+    def _fail_over(self) -> None:
+        self._current = (self._current + 1) % len(self.base_urls)
 
     def _sleep_unless_stopped(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
