@@ -33,12 +33,12 @@ DEFAULTS: dict[str, str] = {
     "MAX_UPLOAD_MB": "512",
     "PREDICT_CACHE_MODELS": "8",
     "PREDICT_MAX_BATCH": "64",
-    "PREDICT_MAX_INFLIGHT": "64",
+    "PREDICT_MAX_INFLIGHT": "24",
     "TORCH_THREADS": "",
     "ALLOW_DOWNLOADS": "0",
     "FORCE_CPU": "0",
     "GUNICORN_WORKERS": "1",
-    "GUNICORN_THREADS": "16",
+    "GUNICORN_THREADS": "32",
     "SUBNET_TRAIN": "",
 }
 
@@ -72,13 +72,13 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     predict_cache_models: int = 8
     predict_max_batch: int = 64
-    predict_max_inflight: int = 64
+    predict_max_inflight: int = 24
     # Threads for torch in this process; 0 means "derive from the CPU share".
     torch_threads: int = 0
     allow_downloads: bool = False
     force_cpu: bool = False
     gunicorn_workers: int = 1
-    gunicorn_threads: int = 16
+    gunicorn_threads: int = 32
     # Accepted for seed compatibility and ignored: nothing scans address ranges.
     subnet_train: str = ""
 

@@ -12,6 +12,7 @@ import torch
 from cnnswarm.errors import InvalidInput, TrainingCancelled
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
+from cnnswarm.ml.datasets.digits import load_digits
 from cnnswarm.ml.train import Progress, TrainOptions, train
 
 torch.set_num_threads(1)
@@ -41,28 +42,6 @@ def structured_dataset(
         x_test,
         y_test,
         Normalization((0.3,) * c, (0.25,) * c),
-    )
-
-
-def digits_dataset() -> ArrayDataset:
-    """scikit-learn's 8x8 digits scaled to uint8, a fixed shuffled 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = np.clip(np.round(digits.images * 255 / 16), 0, 255).astype(np.uint8)[:, None]
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    n = int(len(x) * 0.8)
-    mean, std = float(x[:n].mean() / 255), float(x[:n].std() / 255)
-    return ArrayDataset(
-        "digits",
-        [str(i) for i in range(10)],
-        x[:n],
-        y[:n],
-        x[n:],
-        y[n:],
-        Normalization((mean,), (std,)),
     )
 
 
@@ -326,7 +305,7 @@ def test_progress_comes_a_few_times_per_epoch_and_reaches_one() -> None:
 
 def test_default_small_model_reaches_97_percent_on_digits_within_a_minute() -> None:
     started = time.perf_counter()
-    result = train("SmallConvNet", digits_dataset(), {"seed": 0}, threads=1)
+    result = train("SmallConvNet", load_digits(), {"seed": 0}, threads=1)
     elapsed = time.perf_counter() - started
     assert result.metrics[-1]["test_accuracy"] >= 0.97
     assert elapsed < 60
