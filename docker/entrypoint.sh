@@ -5,7 +5,7 @@
 # When TORCH_THREADS is not set and the container has a CPU limit (cgroup v2 cpu.max, or v1
 # cpu.cfs_quota_us), torch gets that many threads (rounded up), split among the processes that
 # share them: gunicorn workers for the controller, job slots for a trainer. Without a limit the
-# CLI decides from the CPUs it sees.
+# CLI decides from the CPUs it sees. DATABASE_PASSWORD_FILE (a Docker secret) becomes PGPASSWORD.
 set -eu
 
 cpu_limit() {
@@ -30,6 +30,12 @@ if [ -z "${TORCH_THREADS:-}" ] && limit=$(cpu_limit); then
     threads=$((limit / sharers))
     [ "$threads" -ge 1 ] || threads=1
     export TORCH_THREADS="$threads"
+fi
+
+# The PostgreSQL password as a Docker secret: libpq reads PGPASSWORD when DATABASE_URL has none.
+if [ -n "${DATABASE_PASSWORD_FILE:-}" ] && [ -z "${PGPASSWORD:-}" ]; then
+    PGPASSWORD=$(cat "$DATABASE_PASSWORD_FILE")
+    export PGPASSWORD
 fi
 
 if [ $# -gt 0 ] && command -v "$1" >/dev/null 2>&1; then
