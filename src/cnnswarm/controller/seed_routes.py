@@ -83,10 +83,13 @@ def app_type() -> dict[str, str]:
 @bp.get("/status")
 def status() -> dict[str, Any]:
     """Per trainer, its jobs in the seed's shape (``duration``, ``progress`` 0-100,
-    ``complete``) and its ``url``; plus queue counts and trainer details."""
+    ``complete``) and its ``url``; plus queue counts and trainer details.
+
+    As the seed's trainers did, finished jobs stay listed with ``complete: true``: seed clients
+    poll this route until their job is complete."""
     context = ctx()
     timeout = context.settings.lease_timeout_s
-    running = context.stores.jobs.list_jobs(JobState.RUNNING)
+    all_jobs = context.stores.jobs.list_jobs()
     now = __import__("time").time()
     train_jobs = []
     for trainer in context.stores.trainers.all():
@@ -95,13 +98,15 @@ def status() -> dict[str, Any]:
         jobs = {
             job.id: {
                 "model_id": job.model_id,
-                "duration": round(now - (job.started_at or now), 3),
+                "duration": round((job.finished_at or now) - (job.started_at or now), 3),
                 "progress": round(100.0 * job.progress, 2),
-                "complete": False,
+                "complete": job.state.is_final,
+                "state": job.state.value,
                 "attempt": job.attempt,
             }
-            for job in running
+            for job in all_jobs
             if job.trainer_id == trainer.id
+            and (job.state == JobState.RUNNING or job.state.is_final)
         }
         train_jobs.append(
             {
@@ -112,7 +117,7 @@ def status() -> dict[str, Any]:
             }
         )
     counts = {state.value: 0 for state in JobState}
-    for job in context.stores.jobs.list_jobs():
+    for job in all_jobs:
         counts[job.state.value] += 1
     return {"train_jobs": train_jobs, "job_counts": counts, "leader": context.scheduler.is_leader}
 
