@@ -45,6 +45,7 @@ __all__ = ["CHECKPOINT_FORMAT", "Progress", "TrainOptions", "TrainResult", "trai
 CHECKPOINT_FORMAT = "cnn-swarm-checkpoint"
 PROGRESS_CALLS_PER_EPOCH = 4
 EVAL_BATCH_SIZE = 512
+SMALL_BATCH_PIXELS = 32 * 32 * 32  # below this, one intra-op thread is as fast and far steadier
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def threads_for(batch_pixels: int) -> int:
+    """Intra-op threads for batches of ``batch_pixels`` pixels (batch x height x width).
+
+    Tiny batches (8x8 digits) gain nothing from more threads and slow down ~10x when another
+    process shares the cores (threads wait on each other at every op), so they get one.
+    """
+    return 1 if batch_pixels < SMALL_BATCH_PIXELS else default_threads()
 
 
 def resolve_device(requested: str | torch.device | None, opts: TrainOptions) -> torch.device:
@@ -176,7 +186,8 @@ def train(
     """Train ``model_type`` on ``dataset``; resume a checkpointed run when given its checkpoint.
 
     When resuming, the options stored in the checkpoint are used (it is the same run).
-    ``threads`` sets torch's intra-op thread count (default: this process's CPU affinity).
+    ``threads`` sets torch's intra-op thread count (default: ``threads_for`` the batch size:
+    this process's CPU affinity, or 1 for tiny batches).
     """
     # ---- options, device, threads -----------------------------------------------------------
     if resume_from is not None:
@@ -194,7 +205,10 @@ def train(
         opts = replace(opts, seed=secrets.randbelow(2**31))
     seed = int(opts.seed)  # type: ignore[arg-type]
     run_device = resolve_device(device, opts)
-    torch.set_num_threads(threads if threads is not None else default_threads())
+    channels, height, width = dataset.input_shape
+    if threads is None:
+        threads = threads_for(opts.batch_size * height * width)
+    torch.set_num_threads(threads)
     use_bf16 = opts.bf16
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -203,7 +217,6 @@ def train(
         return torch.autocast(device_type=run_device.type, dtype=torch.bfloat16)
 
     # ---- data: uint8 tensors built once; batches are gathered, flipped, then normalized -----
-    channels, height, width = dataset.input_shape
     num_train = len(dataset.x_train)
     if num_train == 0:
         raise InvalidInput("the training set is empty", field="example_idxs")
