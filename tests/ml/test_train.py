@@ -170,6 +170,9 @@ RESUME_CASES = {
     "sgd-multistep": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "augment": True},
     # AdamW (step counters) + cosine.
     "adamw-cosine": {"optimizer": "adamw", "scheduler_mode": "cosine", "augment": True},
+    "sgd-exponential": {"optimizer": "sgd", "scheduler_mode": "exponential"},
+    "sgd-plateau": {"optimizer": "sgd", "scheduler_mode": "plateau"},
+    "sgd-constant": {"optimizer": "sgd", "scheduler_mode": "none"},
 }
 
 

@@ -132,10 +132,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> Any:
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
     # Milestones are a Counter (not weights_only-loadable) and are rebuilt from the options.
-    state = {
-        k: v for k, v in scheduler.state_dict().items() if k not in ("milestones", "lr_lambdas")
-    }
-    return dict(state)
+    return {k: v for k, v in scheduler.state_dict().items() if k != "milestones"}
 
 
 def _flip_some(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -281,7 +278,9 @@ def train(
     def report(epoch: int, batch: int) -> None:
         if on_progress is not None:
             done = (epoch * num_batches + batch) / (opts.num_epochs * num_batches)
-            on_progress(Progress(epoch + 1, opts.num_epochs, batch, num_batches, done, metrics))
+            on_progress(
+                Progress(epoch + 1, opts.num_epochs, batch, num_batches, done, list(metrics))
+            )
 
     progress_every = max(1, num_batches // PROGRESS_CALLS_PER_EPOCH)
     checkpoint_every = opts.checkpoint_every_batches
