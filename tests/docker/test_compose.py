@@ -1,0 +1,96 @@
+"""Compose: `up --build` starts a controller and scaled trainers that train on `digits` and
+serve predictions; the PostgreSQL override runs two controllers on one shared job store."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cnnswarm.client import Client
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+TRAIN_OPTS = {"num_epochs": 2, "seed": 0}
+
+
+def _published(docker: Any, project: str, service: str, files: list[str]) -> str:
+    """``http://127.0.0.1:<port>`` where compose published ``service``'s port 48515."""
+    argv = [*docker.compose, "-p", project, *files, "port", service, "48515"]
+    host_port = docker.run(argv, env=docker.env()).stdout.strip()
+    return f"http://127.0.0.1:{host_port.rsplit(':', 1)[1]}"
+
+
+def _live_trainers(client: Client) -> list[dict[str, Any]]:
+    return [t for t in client.list_trainers() if t["state"] != "lost"]
+
+
+def _assert_predicts_digits(client: Client, model_id: str, digits: Any) -> None:
+    images, labels = digits(10)
+    predictions = client.predict_instances(model_id, images)
+    assert len(predictions) == len(images)
+    correct = sum(p["class_idx"] == label for p, label in zip(predictions, labels, strict=True))
+    assert correct >= 7, f"only {correct}/10 digits right: {predictions}"
+
+
+def test_compose_up_trains_digits_and_predicts(
+    docker: Any, images: dict[str, str], wait: Any, digits: Any, timings: Any
+) -> None:
+    project = f"cnnswarm-test-{uuid.uuid4().hex[:8]}"
+    env = docker.env(CONTROLLER_PUBLISH="127.0.0.1:")  # an ephemeral loopback port
+    started = time.monotonic()
+    try:
+        docker.run(docker.argv("compose_up", project=project, trainers="2"), env=env, timeout=600)
+        client = Client(_published(docker, project, "ml_controller", []))
+        wait("the controller to be ready", client.ready, timeout=120)
+        wait("two trainers to register", lambda: len(_live_trainers(client)) == 2, timeout=120)
+
+        job = client.submit_job("digits", model_type="SmallConvNet", train_opts=TRAIN_OPTS)
+        job = client.wait_for_job(str(job["id"]), timeout=300)
+        assert job["state"] == "succeeded", job
+        assert job["metrics"][-1]["test_accuracy"] > 0.7
+        _assert_predicts_digits(client, job["model_id"], digits)
+        timings.record("compose_up_to_first_prediction_s", time.monotonic() - started)
+
+        listed = docker.run(docker.argv("compose_ps", project=project), env=env).stdout
+        assert listed.count("ml_train") == 2 and "ml_controller" in listed
+        logs = docker.run(docker.argv("compose_logs", project=project), env=env).stdout
+        assert "listening on" in logs
+    finally:
+        docker.run(docker.argv("compose_down", project=project), env=env, check=False)
+
+
+def test_postgres_override_runs_two_controllers_on_one_store(
+    docker: Any, images: dict[str, str], wait: Any, digits: Any, secrets_dir: Path
+) -> None:
+    project = f"cnnswarm-test-{uuid.uuid4().hex[:8]}"
+    files = ["-f", "docker-compose.yml", "-f", "docker-compose.postgres.yml"]
+    env = docker.env(
+        CONTROLLER_PUBLISH="127.0.0.1:",
+        CONTROLLER_2_PUBLISH="127.0.0.1:",
+        CNN_SWARM_SECRETS_DIR=str(secrets_dir),
+    )
+    token = (secrets_dir / "api_token").read_text()
+    try:
+        docker.run(docker.argv("compose_pg_up", project=project), env=env, timeout=600)
+        first = Client(_published(docker, project, "ml_controller", files), token=token)
+        second = Client(_published(docker, project, "ml_controller_2", files), token=token)
+        for client in (first, second):
+            wait("a controller to be ready", client.ready, timeout=180)
+        wait("a trainer to register", lambda: len(_live_trainers(first)) == 1, timeout=120)
+
+        unauthorized = requests.post(
+            f"{second.url}/api/v1/jobs", json={"dataset": "digits"}, timeout=10
+        )
+        assert unauthorized.status_code == 401  # the token comes from the secret file
+
+        job = second.submit_job("digits", model_type="SmallConvNet", train_opts=TRAIN_OPTS)
+        job = first.wait_for_job(str(job["id"]), timeout=300)  # one store behind both
+        assert job["state"] == "succeeded", job
+        _assert_predicts_digits(second, job["model_id"], digits)
+    finally:
+        docker.run(docker.argv("compose_pg_down", project=project), env=env, check=False)
