@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pickle
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +54,43 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) ->
     path = tmp_path / "job.ckpt"
     save_checkpoint(sample_checkpoint(1.0), path)
     before = path.read_bytes()
-    # Pickling fails part-way, after the big tensor has been written to the temp file.
+    # Serialisation fails while the temp file is open: a lambda cannot be pickled.
     broken = {**sample_checkpoint(9.0), "zz_unpicklable": lambda: None}
     with pytest.raises(Exception, match=r"lambda|pickle|attribute"):
         save_checkpoint(broken, path)
     assert path.read_bytes() == before
     assert load_checkpoint(path)["model"]["w"][0, 0].item() == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.ckpt"]  # no temp file left
+
+
+_WRITER = """
+import sys, torch
+from cnnswarm.ml.checkpoint import save_checkpoint
+torch.set_num_threads(1)
+i = 0
+while True:
+    i += 1
+    save_checkpoint({"step": i, "w": torch.full((1_000_000,), float(i))}, sys.argv[1])
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "job.ckpt"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until it has replaced the file a few times
+            if path.exists() and load_checkpoint(path)["step"] >= 3:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the writer did not write three checkpoints in 30 s")
+    finally:
+        writer.kill()  # SIGKILL, most likely in the middle of a write
+        writer.wait()
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] >= 3
+    assert torch.equal(ckpt["w"], torch.full((1_000_000,), float(ckpt["step"])))
 
 
 def test_rng_states_survive_a_weights_only_round_trip() -> None:
