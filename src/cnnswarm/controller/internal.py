@@ -22,14 +22,31 @@ bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
 
 
-def _attempt(raw: Any) -> int:
+# Attempts and epochs are stored in 32-bit integer columns; anything larger is a bad request.
+MAX_COUNTER = 2**31 - 1
+
+
+def _attempt(raw: Any, field: str = "attempt") -> int:
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise InvalidInput(f"{field} must be an integer", field=field)
     try:
         attempt = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidInput("attempt must be an integer", field="attempt") from None
-    if attempt < 1:
-        raise InvalidInput("attempt must be >= 1", field="attempt")
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(f"{field} must be an integer", field=field) from None
+    if not 1 <= attempt <= MAX_COUNTER:
+        raise InvalidInput(f"{field} must be an integer 1..{MAX_COUNTER}", field=field)
     return attempt
+
+
+def _check_report(index: int, report: dict[str, Any]) -> None:
+    """A heartbeat's job report: a job id, its attempt and, if present, a sane epoch."""
+    check_id(report.get("job_id"), f"jobs[{index}].job_id")
+    _attempt(report.get("attempt"), f"jobs[{index}].attempt")
+    epoch = report.get("epoch")
+    if epoch is not None and (
+        not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_COUNTER
+    ):
+        raise InvalidInput(f"jobs[{index}].epoch must be an integer 0..{MAX_COUNTER}", field="jobs")
 
 
 @bp.post("/heartbeat")
@@ -47,6 +64,8 @@ def heartbeat() -> dict[str, Any]:
     reports = body.get("jobs", [])
     if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
         raise InvalidInput("jobs must be a list of objects", field="jobs")
+    for index, report in enumerate(reports):
+        _check_report(index, report)
     context = ctx()
     settings = context.settings
     context.stores.trainers.heartbeat(
