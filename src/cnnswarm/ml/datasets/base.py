@@ -35,8 +35,10 @@ class Normalization:
 def normalize(x: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """uint8 (or 0-255 float) images ``(N, C, H, W)`` -> normalized float32 tensor."""
     channels = x.shape[1]
-    mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, channels, 1, 1)
-    std = torch.tensor(normalization.std, dtype=torch.float32).view(1, channels, 1, 1)
+    mean = torch.tensor(normalization.mean, dtype=torch.float32, device=x.device)
+    mean = mean.view(1, channels, 1, 1)
+    std = torch.tensor(normalization.std, dtype=torch.float32, device=x.device)
+    std = std.view(1, channels, 1, 1)
     return (x.to(torch.float32).div_(255.0) - mean) / std
 
 
