@@ -116,24 +116,29 @@ class Scheduler:
         if not free:
             return dispatched
         for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100):
+            # A trainer that refuses (busy finishing a job the DB already counts as done,
+            # unreachable) is skipped and the same job offered to the next one, so an idle
+            # trainer is never left waiting behind a busy one.
+            while free:
+                # Least running now (not least ever run); ties broken by trainer id for stability.
+                trainer_id = min(free, key=lambda tid: (free[tid][1], tid))
+                trainer, running = free[trainer_id]
+                claimed = self.stores.jobs.claim(job, trainer.id, self.settings.lease_timeout_s)
+                if claimed is None:
+                    break
+                if self._post_to_trainer(trainer, claimed):
+                    dispatched.append(claimed)
+                    running += 1
+                    if running >= trainer.slots:
+                        del free[trainer_id]
+                    else:
+                        free[trainer_id] = (trainer, running)
+                    break
+                del free[trainer_id]  # do not try it again this round
+                if not self.stores.jobs.unclaim(claimed):
+                    break  # the job moved meanwhile (cancelled): nothing to offer
             if not free:
                 break
-            # Least running now (not least ever run); ties broken by trainer id for stability.
-            trainer_id = min(free, key=lambda tid: (free[tid][1], tid))
-            trainer, running = free[trainer_id]
-            claimed = self.stores.jobs.claim(job, trainer.id, self.settings.lease_timeout_s)
-            if claimed is None:
-                continue
-            if self._post_to_trainer(trainer, claimed):
-                dispatched.append(claimed)
-                running += 1
-                if running >= trainer.slots:
-                    del free[trainer_id]
-                else:
-                    free[trainer_id] = (trainer, running)
-            else:
-                self.stores.jobs.unclaim(claimed)
-                del free[trainer_id]  # do not try it again this round
         return dispatched
 
     def _post_to_trainer(self, trainer: Trainer, job: Job) -> bool:
