@@ -205,3 +205,15 @@ def test_trainer_heartbeats_and_aliases(stores: Stores) -> None:
         stores.catalog.get_model("m1")
     # the id is free again after the model is deleted
     assert stores.jobs.submit(spec("m1"))[1]
+
+
+def test_retryable_failure_requeues_until_the_retry_limit(stores: Stores) -> None:
+    job, _ = stores.jobs.submit(spec())
+    for attempt in (1, 2):
+        claimed = stores.jobs.claim(stores.jobs.get(job.id), "t1", lease_s=30)
+        assert claimed is not None and claimed.attempt == attempt
+        requeued = stores.jobs.fail(job.id, attempt, "killed by SIGKILL", retry_within=3)
+        assert requeued.state == JobState.QUEUED and "requeued" in (requeued.error or "")
+    stores.jobs.claim(stores.jobs.get(job.id), "t1", lease_s=30)
+    failed = stores.jobs.fail(job.id, 3, "killed by SIGKILL", retry_within=3)
+    assert failed.state == JobState.FAILED and failed.error == "killed by SIGKILL"

@@ -165,12 +165,15 @@ def post_result(job_id: str) -> dict[str, Any]:
 @bp.post("/jobs/<job_id>/failure")
 @token_required
 def post_failure(job_id: str) -> dict[str, Any]:
-    """Record that the owning attempt failed: the job fails with the trainer's error."""
+    """Record that the owning attempt failed. The job fails with the trainer's error, unless
+    the trainer marks it ``retryable`` (its process was killed, e.g. by the OOM killer) and
+    attempts are left: then it is requeued."""
     context = ctx()
     check_id(job_id, "job_id")
     body = json_body()
     attempt = _attempt(body.get("attempt"))
     error = str(body.get("error") or "the job failed without a message")
-    job = context.stores.jobs.fail(job_id, attempt, error)
+    retry_within = context.settings.max_attempts if body.get("retryable") is True else None
+    job = context.stores.jobs.fail(job_id, attempt, error, retry_within=retry_within)
     context.scheduler.wake()
     return {"job_id": job.id, "state": job.state.value}

@@ -410,22 +410,32 @@ class JobStore:
             raise self._stale(job_id, attempt)
         return self.get(job_id)
 
-    def fail(self, job_id: str, attempt: int, error: str) -> Job:
-        """running -> failed with ``error`` (fenced); the model id is freed for reuse."""
+    def fail(
+        self, job_id: str, attempt: int, error: str, *, retry_within: int | None = None
+    ) -> Job:
+        """running -> failed with ``error`` (fenced); the model id is freed for reuse.
+
+        With ``retry_within`` (a retryable failure such as a job process killed by a signal),
+        the job is requeued instead while ``attempt < retry_within``.
+        """
         ts = db.now()
         job = self.get(job_id)
+        requeue = retry_within is not None and attempt < retry_within
+        values: dict[str, Any] = (
+            {
+                "state": JobState.QUEUED.value,
+                "error": f"{error[:3900]}; requeued",
+                "trainer_id": None,
+            }
+            if requeue
+            else {"state": JobState.FAILED.value, "error": error[:4000], "finished_at": ts}
+        )
         with self.engine.begin() as conn:
             result = conn.execute(
-                self._fenced(job_id, attempt).values(
-                    state=JobState.FAILED.value,
-                    error=error[:4000],
-                    finished_at=ts,
-                    lease_expires_at=None,
-                    updated_at=ts,
-                )
+                self._fenced(job_id, attempt).values(lease_expires_at=None, updated_at=ts, **values)
             )
             owned = result.rowcount == 1
-            if owned:
+            if owned and not requeue:
                 self._release_model_id(conn, job)
         if not owned:
             raise self._stale(job_id, attempt)
