@@ -363,7 +363,9 @@ class JobRunner:
             job.ended_at = time.monotonic()
             if kind == "succeeded":
                 job.phase, job.progress = JobPhase.SUCCEEDED, 1.0
-            elif kind == "fenced":
+            elif kind == "fenced" and job.stop_reason is None:
+                # With a stop requested, the 409 that fenced the child is that stop's echo (a
+                # cancel marks the job cancelled in the DB first): the stop's reason is the phase.
                 job.phase, job.error = JobPhase.FENCED, final.get("error")
             elif job.stop_reason is not None or kind == "cancelled":
                 job.phase = {
