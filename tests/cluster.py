@@ -23,8 +23,15 @@ Typical use::
         client = cluster.client()
         ...
         victim = cluster.trainer_running(job_id)
-        victim.kill()
-        cluster.restart(controller)  # same port, same database, same HOME_DIR
+        victim.kill()                     # kill -9 of its process group
+        controller.kill()
+        cluster.restart(controller)       # same port, same database, same HOME_DIR
+        victim.kill(signal.SIGSTOP)       # a frozen (partitioned) trainer; SIGCONT thaws it
+
+Two controllers on one database: ``Cluster(root, database_url=pg_url)`` and
+``start_controller(name, home=shared_home)`` twice; ``start_trainer(controller=a)`` picks the
+controller a trainer reports to. On failure the servers' log tails are printed (logs live
+under ``root/logs``).
 
 Timings are short (``FAST_TIMINGS``) so that lost trainers are noticed in a few seconds.
 """

@@ -190,7 +190,7 @@ def test_cancel_running_job_frees_its_slot(cluster: Cluster) -> None:
         entry = status["jobs"][job_id]
         return bool(entry["complete"] and entry["state"] == "cancelled" and status["free_slots"])
 
-    wait_until(stopped_on_trainer, 10, interval=0.1, what="the trainer to stop the job")
+    wait_until(stopped_on_trainer, 15, interval=0.1, what="the trainer to stop the job")
     print(f"\ncancel -> stopped on the trainer: {time.monotonic() - started:.2f} s")
     after = client.get_job(job_id)
     assert after["state"] == "cancelled"
