@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
+import orjson
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -66,11 +67,17 @@ def register_error_handlers(app: Flask) -> None:
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or ``InvalidInput`` saying why it is not one."""
-    data = request.get_json(silent=True, force=True)
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise InvalidInput("the request needs a JSON object body")
+    try:
+        # orjson parses large numeric arrays (predict examples) several times faster.
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # The standard parser decides the rest (it also reads NaN and huge integers, which
+        # the routes then refuse by field name).
+        data = request.get_json(silent=True, force=True)
     if data is None:
-        raw = request.get_data(cache=True)
-        if not raw:
-            raise InvalidInput("the request needs a JSON object body")
         raise InvalidInput("the request body is not valid JSON")
     if not isinstance(data, dict):
         raise InvalidInput(f"the JSON body must be an object, got {type(data).__name__}")

@@ -139,7 +139,8 @@ def request_inputs(loaded: LoadedModel) -> tuple[torch.Tensor, int]:
 def load_model(id_or_alias: str) -> LoadedModel:
     """The cached, ready-to-serve model named by id or alias."""
     context = ctx()
-    row = context.stores.catalog.get_model(check_id(id_or_alias, "model_id"))
+    check_id(id_or_alias, "model_id")
+    row = context.predictor.model_row(id_or_alias, context.stores.catalog.get_model)
     return context.predictor.get(row, context.stores.artifacts.root)
 
 

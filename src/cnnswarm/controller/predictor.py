@@ -11,8 +11,9 @@ once are refused with 503 and ``Retry-After`` instead of piling up.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from cnnswarm.config import Settings
 from cnnswarm.errors import InvalidInput, Overloaded
 from cnnswarm.ml.artifact import load_artifact
 from cnnswarm.ml.preprocess import Preprocessing
+
+# How long a model's database record is reused before it is read again.
+ROW_TTL_S = 1.0
 
 
 @dataclass
@@ -121,7 +125,25 @@ class Predictor:
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
+        self._rows: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._inflight = threading.BoundedSemaphore(settings.predict_max_inflight)
+
+    def model_row(
+        self, id_or_alias: str, fetch: Callable[[str], Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """The model's record, from the database at most every ``ROW_TTL_S`` per name (an
+        alias moved or a model deleted by another controller is seen within that time)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._rows.get(id_or_alias)
+        if cached is not None and now - cached[0] < ROW_TTL_S:
+            return cached[1]
+        row = fetch(id_or_alias)
+        with self._lock:
+            self._rows[id_or_alias] = (now, row)
+            if len(self._rows) > 4 * self.settings.predict_cache_models:
+                self._rows.clear()
+        return row
 
     def get(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
         """The loaded model for a ``models`` row (cached by its file, so a re-published id
@@ -157,6 +179,7 @@ class Predictor:
         with self._lock:
             for key in [k for k in self._models if k.split(":", 1)[0] == model_id]:
                 del self._models[key]
+            self._rows.clear()
 
     def predict(
         self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
