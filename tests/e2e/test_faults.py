@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 EPOCHS = 8
 # ~1.5 s per epoch on one thread here: long enough to kill mid-run, short enough for a test.
-JOB = {
+JOB: dict[str, Any] = {
     "dataset": "digits",
     "model_type": "SmallConvNet",
     "example_idxs": [0, 1000],
@@ -54,7 +54,9 @@ def _wait_for_checkpoint(client: Client, controller: ServerProcess, job_id: str)
             return None
         return _stored_checkpoint(controller, job_id)
 
-    return wait_until(ready, 90, interval=0.1, what="a first epoch and its checkpoint")
+    found = wait_until(ready, 90, interval=0.1, what="a first epoch and its checkpoint")
+    assert found is not None
+    return found
 
 
 def _assert_one_run(final: dict[str, Any], checkpointed: list[dict[str, Any]]) -> None:
@@ -130,7 +132,7 @@ def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
     def progressed() -> bool:
         job = client.get_job(job_id)
         assert job["attempt"] == 1, job
-        return job["state"] == "succeeded" or job["progress"] > before["progress"]
+        return bool(job["state"] == "succeeded" or job["progress"] > before["progress"])
 
     wait_until(progressed, 60, interval=0.05, what="progress reported to the new controller")
     continued_after = time.monotonic() - killed_at

@@ -5,6 +5,7 @@ exactly one schedules, and the other takes over when the leader is killed."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from support import digits_png, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(240)]
 
-JOB = {
+JOB: dict[str, Any] = {
     "dataset": "digits",
     "model_type": "SmallConvNet",
     "example_idxs": [0, 600],
