@@ -33,7 +33,9 @@ POSTGRES_IMAGE = "docker-exps-postgres"
 # show them filled with DOC_VALUES. `docker compose` runs as `docker-compose` where v2 is absent.
 COMMANDS: dict[str, str] = {
     # stand-alone containers
-    "build_controller": "docker image build -t docker-exps-ml_controller -f Dockerfile_controller .",
+    "build_controller": (
+        "docker image build -t docker-exps-ml_controller -f Dockerfile_controller ."
+    ),
     "build_trainer": "docker image build -t docker-exps-ml_train -f Dockerfile_train .",
     "build_postgres": "docker image build -t docker-exps-postgres docker/postgres",
     "network_create": "docker network create {network}",
@@ -262,7 +264,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
     while time.monotonic() < deadline:
         try:
             value = check()
-        except Exception as exc:  # noqa: BLE001 - a server still starting answers with errors
+        except Exception as exc:
             last_error = exc
             value = None
         if value:
