@@ -238,7 +238,9 @@ def run_trainer_chaos(
                 entry = _trainer_status_entry(registered[victim.name]["url"], candidate["id"])
                 if not entry or entry["attempt"] != candidate["attempt"]:
                     continue
-                if entry["state"] != "running" or entry["progress"] < 100 * kill_points[key]:
+                if not 100 * kill_points[key] <= entry["progress"] < 100:
+                    continue  # not far enough yet, or done training (uploading its model)
+                if entry["state"] != "running":
                     continue
                 victim.kill()
                 kill = Kill(
@@ -250,11 +252,15 @@ def run_trainer_chaos(
                 )
                 # Nothing can write this job's checkpoint until it is dispatched again.
                 kill.checkpoint_epochs = stored_checkpoint_epochs(controller.url, kill.job_id)
-                report.kills.append(kill)
-                pending.append(kill)
-                last_kill = time.monotonic()
                 replacement = cluster.start_trainer(wait=False)
                 by_name[replacement.name] = replacement
+                last_kill = time.monotonic()
+                if client.get_job(kill.job_id)["state"] != "running":
+                    # Its model was published just before the kill: not a kill during training.
+                    say(f"{victim.name} killed just after {kill.job_id} ended; not counted")
+                    break
+                report.kills.append(kill)
+                pending.append(kill)
                 say(
                     f"kill {len(report.kills)}/{kills}: {victim.name} running {kill.job_id} "
                     f"attempt {kill.attempt} at {entry['progress']:.0f}% "
