@@ -217,3 +217,13 @@ def test_retryable_failure_requeues_until_the_retry_limit(stores: Stores) -> Non
     stores.jobs.claim(stores.jobs.get(job.id), "t1", lease_s=30)
     failed = stores.jobs.fail(job.id, 3, "killed by SIGKILL", retry_within=3)
     assert failed.state == JobState.FAILED and failed.error == "killed by SIGKILL"
+
+
+def test_listing_newest_or_oldest_and_counts(stores: Stores) -> None:
+    jobs = [stores.jobs.submit(spec(f"m{i}"))[0] for i in range(5)]
+    assert [j.id for j in stores.jobs.list_jobs(limit=2)] == [jobs[3].id, jobs[4].id]
+    front = stores.jobs.list_jobs(JobState.QUEUED, limit=2, oldest=True)
+    assert [j.id for j in front] == [jobs[0].id, jobs[1].id]
+    stores.jobs.cancel(jobs[0].id)
+    counts = stores.jobs.count_by_state()
+    assert counts["queued"] == 4 and counts["cancelled"] == 1 and counts["succeeded"] == 0

@@ -70,9 +70,12 @@ def create_job() -> tuple[Response, int]:
 
 @bp.get("/jobs")
 @doc(
-    "List jobs, optionally of one state",
+    "List the most recent jobs (default 1000) in submission order, optionally of one state",
     responses={200: {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}},
-    query={"state": {"type": "string", "enum": [s.value for s in JobState]}},
+    query={
+        "state": {"type": "string", "enum": [s.value for s in JobState]},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    },
 )
 def list_jobs() -> dict[str, Any]:
     raw_state = request.args.get("state")
@@ -84,7 +87,11 @@ def list_jobs() -> dict[str, Any]:
             raise InvalidInput(
                 f"state must be one of {', '.join(s.value for s in JobState)}", field="state"
             ) from None
-    return {"jobs": [describe_job(job) for job in ctx().stores.jobs.list_jobs(state)]}
+    raw_limit = request.args.get("limit", "1000")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+        raise InvalidInput("limit must be an integer 1..10000", field="limit")
+    jobs = ctx().stores.jobs.list_jobs(state, limit=int(raw_limit))
+    return {"jobs": [describe_job(job) for job in jobs]}
 
 
 @bp.get("/jobs/<job_id>")

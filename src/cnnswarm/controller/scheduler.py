@@ -115,7 +115,7 @@ class Scheduler:
         free = self._free_slots()
         if not free:
             return dispatched
-        for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100):
+        for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100, oldest=True):
             # A trainer that refuses (busy finishing a job the DB already counts as done,
             # unreachable) is skipped and the same job offered to the next one, so an idle
             # trainer is never left waiting behind a busy one.
@@ -126,7 +126,13 @@ class Scheduler:
                 claimed = self.stores.jobs.claim(job, trainer.id, self.settings.lease_timeout_s)
                 if claimed is None:
                     break
-                if self._post_to_trainer(trainer, claimed):
+                outcome = self._post_to_trainer(trainer, claimed)
+                if outcome == "unknown":
+                    # The trainer may have taken it: keep the claim, so this attempt number
+                    # is never given to a second trainer; if it did not, the lease expires.
+                    del free[trainer_id]
+                    break
+                if outcome == "accepted":
                     dispatched.append(claimed)
                     running += 1
                     if running >= trainer.slots:
@@ -141,7 +147,9 @@ class Scheduler:
                 break
         return dispatched
 
-    def _post_to_trainer(self, trainer: Trainer, job: Job) -> bool:
+    def _post_to_trainer(self, trainer: Trainer, job: Job) -> str:
+        """POST the job to the trainer: "accepted", "refused" (surely not running there) or
+        "unknown" (the request may have arrived: a timeout waiting for the answer)."""
         body: dict[str, Any] = {
             "job_id": job.id,
             "attempt": job.attempt,
@@ -158,12 +166,15 @@ class Scheduler:
                 headers=auth_headers(self.settings.api_token),
                 timeout=DISPATCH_TIMEOUT_S,
             )
-        except requests.RequestException as exc:
+        except requests.ConnectionError as exc:  # refused, unreachable, connect timeout
             log.warning("dispatch of %s to %s failed: %s", job.id, trainer.url, exc)
-            return False
+            return "refused"
+        except requests.RequestException as exc:
+            log.warning("dispatch of %s to %s got no answer: %s", job.id, trainer.url, exc)
+            return "unknown"
         if response.status_code in (200, 202):
             log.info("job %s attempt %d -> trainer %s", job.id, job.attempt, trainer.id)
-            return True
+            return "accepted"
         log.warning(
             "trainer %s refused %s: %s %s",
             trainer.url,
@@ -171,7 +182,7 @@ class Scheduler:
             response.status_code,
             response.text[:200],
         )
-        return False
+        return "refused"
 
     # -- helpers for routes ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ eval mode, and errors use 4xx codes while keeping the ``exception`` key.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -28,6 +29,7 @@ token_required = require_token(lambda: ctx().settings.api_token)
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_EXAMPLES = 1000
+STATUS_RECENT_JOBS = 1000
 SEED_TRAIN_KEYS = ("model_type", "model_id", "example_idxs", "train_opts", "dataset")
 CIFAR10_ARCHIVE_CLASSES = (
     "airplane",
@@ -89,8 +91,10 @@ def status() -> dict[str, Any]:
     poll this route until their job is complete."""
     context = ctx()
     timeout = context.settings.lease_timeout_s
-    all_jobs = context.stores.jobs.list_jobs()
-    now = __import__("time").time()
+    # Every running job, and the most recent finished ones.
+    listed = {job.id: job for job in context.stores.jobs.list_jobs(limit=STATUS_RECENT_JOBS)}
+    listed.update((job.id, job) for job in context.stores.jobs.list_jobs(JobState.RUNNING, 10**6))
+    now = time.time()
     train_jobs = []
     for trainer in context.stores.trainers.all():
         if not trainer.is_alive(timeout):
@@ -104,7 +108,7 @@ def status() -> dict[str, Any]:
                 "state": job.state.value,
                 "attempt": job.attempt,
             }
-            for job in all_jobs
+            for job in listed.values()
             if job.trainer_id == trainer.id
             and (job.state == JobState.RUNNING or job.state.is_final)
         }
@@ -116,10 +120,11 @@ def status() -> dict[str, Any]:
                 "jobs": jobs,
             }
         )
-    counts = {state.value: 0 for state in JobState}
-    for job in all_jobs:
-        counts[job.state.value] += 1
-    return {"train_jobs": train_jobs, "job_counts": counts, "leader": context.scheduler.is_leader}
+    return {
+        "train_jobs": train_jobs,
+        "job_counts": context.stores.jobs.count_by_state(),
+        "leader": context.scheduler.is_leader,
+    }
 
 
 @bp.post("/train")

@@ -209,13 +209,28 @@ class JobStore:
             raise NotFound(f"no job with id {job_id!r}", field="job_id")
         return Job.from_row(dict(row._mapping))
 
-    def list_jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
-        """Jobs in submission order, optionally of one state."""
-        query = select(db.jobs).order_by(db.jobs.c.seq).limit(limit)
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 1000, *, oldest: bool = False
+    ) -> list[Job]:
+        """Jobs in submission order, optionally of one state: the newest ``limit`` of them,
+        or with ``oldest`` the oldest ``limit`` (the front of the queue)."""
+        order = db.jobs.c.seq if oldest else db.jobs.c.seq.desc()
+        query = select(db.jobs).order_by(order).limit(limit)
         if state is not None:
             query = query.where(db.jobs.c.state == state.value)
         with self.engine.begin() as conn:
-            return [Job.from_row(dict(r._mapping)) for r in conn.execute(query)]
+            jobs = [Job.from_row(dict(r._mapping)) for r in conn.execute(query)]
+        return jobs if oldest else jobs[::-1]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state listed)."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(db.jobs.c.state, func.count()).group_by(db.jobs.c.state)
+            ).all()
+        counts = {state.value: 0 for state in JobState}
+        counts.update({str(state): int(count) for state, count in rows})
+        return counts
 
     def queued_ahead(self, job: Job) -> int:
         """How many queued jobs will be dispatched before ``job`` (0 = next)."""
