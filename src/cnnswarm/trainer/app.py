@@ -59,6 +59,7 @@ class TrainerService:
             return
         self._watcher = threading.Thread(target=self._watch, name="job-watcher", daemon=True)
         self._watcher.start()
+        self.runner.warm_up()
         self.agent.start()
         self.started = True
         log.info(
