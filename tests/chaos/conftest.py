@@ -1,5 +1,4 @@
-"""Fixtures of the chaos tier: real clusters (``tests/cluster.py``) with short leases, and the
-``chaos`` marker (registered here until pyproject lists it)."""
+"""Fixtures of the chaos tier: real clusters (``tests/cluster.py``) with short leases."""
 
 from __future__ import annotations
 
@@ -10,10 +9,6 @@ import pytest
 
 from chaos_support import CHAOS_TIMINGS
 from cluster import Cluster
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos: fault injection against real processes")
 
 
 @pytest.fixture
