@@ -128,7 +128,7 @@ class Docker:
         self.compose = ["docker", "compose"] if v2.returncode == 0 else ["docker-compose"]
 
     def build_args(self) -> list[str]:
-        args = ["--build-arg", f"BASE_IMAGE={self.base_image}"]
+        args = ["--force-rm", "--build-arg", f"BASE_IMAGE={self.base_image}"]
         if self.wheels_only:
             args += ["--build-arg", "WHEELS_ONLY=1"]
         return args
@@ -248,7 +248,9 @@ def images(docker: Docker) -> dict[str, str]:
     TIMINGS.record("build_trainer_after_controller_s", time.monotonic() - started)
     started = time.monotonic()
     docker.cmd(
-        "build_postgres", extra=["--build-arg", f"BASE_IMAGE={docker.base_image}"], timeout=900
+        "build_postgres",
+        extra=["--force-rm", "--build-arg", f"BASE_IMAGE={docker.base_image}"],
+        timeout=900,
     )
     TIMINGS.record("build_postgres_s", time.monotonic() - started)
     return {"controller": CONTROLLER_IMAGE, "trainer": TRAINER_IMAGE, "postgres": POSTGRES_IMAGE}

@@ -47,8 +47,9 @@ def _live_trainers(client: Client) -> list[dict[str, Any]]:
     return [t for t in client.list_trainers() if t["state"] != "lost"]
 
 
-def _task_containers(docker: Any, service: str) -> list[str]:
-    argv = ["docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"]
+def _task_containers(docker: Any, service: str, *, stopped_too: bool = False) -> list[str]:
+    argv = ["docker", "ps", "-aq" if stopped_too else "-q"]
+    argv += ["--filter", f"label=com.docker.swarm.service.name={service}"]
     return docker.run(argv).stdout.split()
 
 
@@ -176,8 +177,8 @@ def test_service_create_commands_register_trainers(
         wait(
             "the services' containers to go",
             lambda: (
-                not _task_containers(docker, "ml_controller")
-                and not _task_containers(docker, "ml_train")
+                not _task_containers(docker, "ml_controller", stopped_too=True)
+                and not _task_containers(docker, "ml_train", stopped_too=True)
             ),
             timeout=120,
         )
