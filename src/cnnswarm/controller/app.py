@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if settings.subnet_train:
         log.info("SUBNET_TRAIN is set but unused: trainers register themselves, nothing scans")
     stores = open_stores(settings.resolved_database_url, settings.home_dir)
+    swept = stores.artifacts.sweep_temp_files()
+    if swept:
+        log.info("removed %d temp file(s) left by interrupted writes", swept)
     context = ControllerContext(
         settings=settings,
         stores=stores,

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -70,6 +71,21 @@ class ArtifactStore:
         self.root = Path(home_dir).resolve()
         for sub in ("datasets", "checkpoints", "torch_models", "torch_data", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def sweep_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files that a killed writer left behind (they never replaced anything);
+        returns how many. Recent ones may belong to a write in progress and stay."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in ("datasets", "checkpoints", "torch_models"):
+            for path in (self.root / folder).rglob(".*.tmp"):
+                try:
+                    if path.is_file() and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def _inside(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts).resolve()
