@@ -22,6 +22,7 @@ from cnnswarm.controller.predictor import examples_to_tensor
 from cnnswarm.errors import CnnSwarmError, InvalidInput
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.datasets import SEED_CIFAR10_TAGS, normalize
+from cnnswarm.ml.datasets.cifar10 import CIFAR10_CLASSES
 from cnnswarm.store.jobs import JobState
 
 bp = Blueprint("seed", __name__)
@@ -31,18 +32,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_EXAMPLES = 1000
 STATUS_RECENT_JOBS = 1000
 SEED_TRAIN_KEYS = ("model_type", "model_id", "example_idxs", "train_opts", "dataset")
-CIFAR10_ARCHIVE_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 def seed_errors(view: F) -> F:
@@ -67,7 +56,7 @@ def seed_errors(view: F) -> F:
 
 def seed_tags(classes: list[str]) -> list[str]:
     """The seed's short CIFAR-10 tags for a CIFAR-10 model's classes; other classes as is."""
-    if tuple(classes) == CIFAR10_ARCHIVE_CLASSES:
+    if tuple(classes) == CIFAR10_CLASSES:
         return list(SEED_CIFAR10_TAGS)
     return classes
 
