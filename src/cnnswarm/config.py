@@ -7,6 +7,7 @@ message that names the variable and what it expects.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,8 @@ DEFAULTS: dict[str, str] = {
     "SCHEDULER_INTERVAL_S": "0.5",
     "CNN_SWARM_API_TOKEN": "",
     "CNN_SWARM_API_TOKEN_FILE": "",
+    # Serve beyond loopback without a token (a trusted network only).
+    "CNN_SWARM_ALLOW_NO_TOKEN": "0",
     "MAX_UPLOAD_MB": "512",
     "PREDICT_CACHE_MODELS": "8",
     "PREDICT_MAX_BATCH": "64",
@@ -69,6 +72,8 @@ class Settings:
     max_attempts: int = 3
     scheduler_interval_s: float = 0.5
     api_token: str = ""
+    # Lets a role listen beyond loopback without ``api_token`` (see ``check_token_policy``).
+    allow_no_token: bool = False
     max_upload_bytes: int = 512 * 1024 * 1024
     predict_cache_models: int = 8
     predict_max_batch: int = 64
@@ -159,7 +164,6 @@ def _token(env: Mapping[str, str]) -> str:
             raise ConfigError(
                 f"Config 'CNN_SWARM_API_TOKEN_FILE' points to {path!r}, which cannot be read: "
                 f"{exc}."
-                f"{exc}."
             ) from None
     return ""
 
@@ -194,6 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_int(env, "MAX_ATTEMPTS", minimum=1),
         scheduler_interval_s=_float(env, "SCHEDULER_INTERVAL_S"),
         api_token=_token(env),
+        allow_no_token=_bool(env, "CNN_SWARM_ALLOW_NO_TOKEN"),
         max_upload_bytes=_int(env, "MAX_UPLOAD_MB", minimum=1) * 1024 * 1024,
         predict_cache_models=_int(env, "PREDICT_CACHE_MODELS", minimum=1),
         predict_max_batch=_int(env, "PREDICT_MAX_BATCH", minimum=1),
@@ -204,4 +209,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gunicorn_workers=_int(env, "GUNICORN_WORKERS", minimum=1),
         gunicorn_threads=_int(env, "GUNICORN_THREADS", minimum=1),
         subnet_train=_get(env, "SUBNET_TRAIN"),
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` listens on loopback only: ``localhost``, 127.0.0.0/8 or ``::1``
+    (brackets allowed). An empty host, a wildcard or any other name or address is not."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_policy(settings: Settings, host: str) -> None:
+    """Raise ``ConfigError`` when a role would listen on ``host`` beyond loopback with no API
+    token, unless ``settings.allow_no_token`` opts out; return quietly otherwise."""
+    if settings.api_token or settings.allow_no_token or is_loopback_host(host):
+        return
+    raise ConfigError(
+        f"listening on {host or '<all interfaces>'} (beyond loopback) needs an API token: set "
+        "CNN_SWARM_API_TOKEN or CNN_SWARM_API_TOKEN_FILE (or CNN_SWARM_ALLOW_NO_TOKEN=1 on a "
+        "trusted network)"
     )

@@ -6,6 +6,8 @@ Guarantees:
 - Port 0 binds an ephemeral port; the bound URL is printed as ``listening on http://host:port``
   and, when asked, written atomically to a URL file before any worker starts. The worker's
   settings carry the real port, so a trainer announces an address that works.
+- A role that would listen beyond loopback without an API token (and without
+  ``CNN_SWARM_ALLOW_NO_TOKEN=1``) does not start: ``ConfigError`` before gunicorn binds.
 - SIGTERM stops gracefully (in-flight requests finish, up to ``GRACEFUL_TIMEOUT_S``); SIGINT stops
   quickly. Access log goes to stdout, errors to stderr.
 """
@@ -22,7 +24,7 @@ from typing import Any, Literal
 
 from gunicorn.app.base import BaseApplication
 
-from cnnswarm.config import Settings
+from cnnswarm.config import Settings, check_token_policy
 
 # A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
 # while requests run, so this bounds a hung worker, not a long upload or a long SSE stream.
@@ -183,7 +185,11 @@ def serve_app(
 ) -> None:
     """Serve ``factory(settings)`` (built in each worker, ``settings`` carrying the bound port)
     on the role's host and port until stopped; ``services`` name ``app.extensions`` entries
-    whose ``stop()`` runs when a worker exits."""
+    whose ``stop()`` runs when a worker exits. Raises ``ConfigError`` before binding when the
+    role's host is beyond loopback and no API token is set (``check_token_policy``)."""
+    check_token_policy(
+        settings, settings.controller_host if role == "controller" else settings.train_host
+    )
     _GunicornApp(
         factory,
         settings,

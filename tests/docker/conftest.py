@@ -41,11 +41,12 @@ COMMANDS: dict[str, str] = {
     "network_create": "docker network create {network}",
     "run_controller": (
         "docker run --detach --name {controller} --network {network} -p {publish}48515"
-        " -v {volume}:/data docker-exps-ml_controller"
+        " -v {volume}:/data -e CNN_SWARM_ALLOW_NO_TOKEN=1 docker-exps-ml_controller"
     ),
     "run_trainer": (
         "docker run --detach --name {trainer} --network {network}"
-        " -e CONTROLLER_URL=http://{controller}:48515 docker-exps-ml_train"
+        " -e CONTROLLER_URL=http://{controller}:48515 -e CNN_SWARM_ALLOW_NO_TOKEN=1"
+        " docker-exps-ml_train"
     ),
     "container_logs": "docker logs {controller}",
     "container_rm": "docker rm -f {controller} {trainer}",
@@ -74,11 +75,13 @@ COMMANDS: dict[str, str] = {
     "service_create_controller": (
         "docker service create --name ml_controller --network {network} --endpoint-mode dnsrr"
         " --publish mode=host,target=48515,published=48515"
-        " --mount type=volume,source={volume},target=/data docker-exps-ml_controller"
+        " --mount type=volume,source={volume},target=/data -e CNN_SWARM_ALLOW_NO_TOKEN=1"
+        " docker-exps-ml_controller"
     ),
     "service_create_trainer": (
         "docker service create --name ml_train --network {network} --endpoint-mode dnsrr"
-        " -e CONTROLLER_URL=http://ml_controller:48515 --replicas {trainers} docker-exps-ml_train"
+        " -e CONTROLLER_URL=http://ml_controller:48515 -e CNN_SWARM_ALLOW_NO_TOKEN=1"
+        " --replicas {trainers} docker-exps-ml_train"
     ),
     "service_rm": "docker service rm ml_controller ml_train",
     "swarm_leave": "docker swarm leave --force",
