@@ -1,8 +1,8 @@
 """Fixtures of the Docker tier: a real Docker engine, the real images, real compose and swarm.
 
-Every command a test runs that docs/docker.md shows comes from ``COMMANDS`` (the docs test checks
-that the page holds these commands and no other). Tests talk only to loopback ports and to the
-containers they create, and remove everything they create in ``finally``.
+Every command a test runs that the README's Docker section shows comes from ``COMMANDS`` (the
+docs test checks that the section holds these commands and no other). Tests talk only to
+loopback ports and to the containers they create, and remove everything they create in ``finally``.
 
 In CI (``CI=true``) a missing engine is an error; elsewhere the tier skips with one line.
 """
@@ -29,8 +29,9 @@ CONTROLLER_IMAGE = "docker-exps-ml_controller"
 TRAINER_IMAGE = "docker-exps-ml_train"
 POSTGRES_IMAGE = "docker-exps-postgres"
 
-# The commands docs/docker.md shows, as templates. Tests fill them with their own names; the docs
-# show them filled with DOC_VALUES. `docker compose` runs as `docker-compose` where v2 is absent.
+# The commands the README's Docker section shows, as templates. Tests fill them with their own
+# names; the README shows them filled with DOC_VALUES. `docker compose` runs as
+# `docker-compose` where v2 is absent.
 COMMANDS: dict[str, str] = {
     # stand-alone containers
     "build_controller": (
