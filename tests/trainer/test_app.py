@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from cnnswarm.config import Settings
 from cnnswarm.trainer.app import TrainerService, create_app
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,8 +84,9 @@ def test_health_and_readiness(app: Flask, client: FlaskClient):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 503  # not started
     service(app).start()
-    ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["ready"] is True
+    # ready once the job fork server runs (it imports torch) and the agent announces it
+    ready = wait_until(lambda: client.get("/readyz").get_json()["ready"], timeout=60)
+    assert ready is True and client.get("/readyz").status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,11 @@
 ["trainer_service"]``) and starts nothing; ``create_app(settings, start_background=True)`` (what
 gunicorn runs, one worker) also starts the service: the heartbeat agent and the job watcher.
 
-Readiness: ``/readyz`` is 200 once the service is started, i.e. once the trainer can accept
-jobs. It does not wait for the controller: an orchestrator that restarts "unready" trainers
-would otherwise kill running jobs whenever the controller is away; ``controller_reachable`` in
-the body (and in ``/status``) says whether the last heartbeat got through.
+Readiness: ``/readyz`` is 200 once the service has started its job fork server and announces
+itself, i.e. once the trainer can accept jobs. It does not wait for the controller: an
+orchestrator that restarts "unready" trainers would otherwise kill running jobs whenever the
+controller is away; ``controller_reachable`` in the body (and in ``/status``) says whether the
+last heartbeat got through.
 """
 
 from __future__ import annotations
@@ -50,18 +51,32 @@ class TrainerService:
             settings, self.runner, self.client, trainer_id=self.trainer_id, url=self.url
         )
         self.started = False
+        self.ready = False
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the job watcher and the heartbeat agent (idempotent)."""
+        """Start the job watcher, then (in the background) the job fork server and the
+        heartbeat agent; ``ready`` turns true once this trainer announces itself
+        (idempotent)."""
         if self.started:
             return
+        self.started = True
         self._watcher = threading.Thread(target=self._watch, name="job-watcher", daemon=True)
         self._watcher.start()
-        self.runner.warm_up()
+        threading.Thread(target=self._boot, name="trainer-boot", daemon=True).start()
+
+    def _boot(self) -> None:
+        # Announce this trainer only once its fork server has imported torch: a dispatch is
+        # then answered in milliseconds, where a slow answer would cost the job a lease.
+        try:
+            self.runner.warm_up()
+        except Exception:
+            log.exception("the job fork server did not start; jobs will start it themselves")
+        if self._stop.is_set():
+            return
         self.agent.start()
-        self.started = True
+        self.ready = True
         log.info(
             "trainer %s at %s serving %d slot(s); controller %s",
             self.trainer_id,
@@ -84,7 +99,7 @@ class TrainerService:
         if self._watcher is not None:
             self._watcher.join(timeout)
         self.runner.shutdown(timeout)
-        self.started = False
+        self.started = self.ready = False
 
     def status(self) -> dict[str, Any]:
         """The seed's ``/status`` body plus this trainer's identity and capacity."""
@@ -149,11 +164,11 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         body = {
-            "ready": service.started,
+            "ready": service.ready,
             "free_slots": service.runner.free_slots(),
             "controller_reachable": service.agent.controller_reachable,
         }
-        return jsonify(body), 200 if service.started else 503
+        return jsonify(body), 200 if service.ready else 503
 
     if start_background:
         service.start()

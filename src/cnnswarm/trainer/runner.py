@@ -215,13 +215,10 @@ class JobRunner:
         self._reporters: list[threading.Thread] = []
 
     def warm_up(self) -> None:
-        """Start the fork server now, in the background, so the first job does not wait for
-        torch to be imported."""
+        """Start the fork server now (it imports torch once), so no job waits for that."""
         from multiprocessing import forkserver
 
-        threading.Thread(
-            target=forkserver.ensure_running, name="forkserver-warm-up", daemon=True
-        ).start()
+        forkserver.ensure_running()
 
     # -- queries -------------------------------------------------------------------------------
 
