@@ -26,7 +26,7 @@ import requests
 from cnnswarm.config import Settings
 from cnnswarm.http import auth_headers
 from cnnswarm.store import Stores
-from cnnswarm.store.jobs import Job
+from cnnswarm.store.jobs import Job, JobState
 from cnnswarm.store.trainers import Trainer
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,6 @@ class Scheduler:
         return free
 
     def _dispatch_queued(self) -> list[Job]:
-        from cnnswarm.store.jobs import JobState
-
         dispatched: list[Job] = []
         free = self._free_slots()
         if not free:

@@ -6,6 +6,7 @@ Lifecycle::
       ^                 |  \\--fail-------> failed
       |                 |   \\-cancel-----> cancelled   (queued jobs can be cancelled too)
       +--lease expired--+   (attempt < max_attempts; otherwise -> failed with the reason)
+      +--retryable fail-+   (the job's process was killed; same rule)
 
 ``attempt`` counts dispatches: the first run is attempt 1. Every write a trainer makes names
 its attempt; a write whose attempt no longer owns the job raises ``StaleAttempt`` (fencing), so
@@ -16,12 +17,7 @@ job.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
@@ -29,103 +25,9 @@ from sqlalchemy.exc import IntegrityError
 
 from cnnswarm.errors import Conflict, NotFound, StaleAttempt, Unprocessable
 from cnnswarm.store import db
+from cnnswarm.store.job_records import Job, JobSpec, JobState, job_to_json, new_job_id
 
-
-class JobState(StrEnum):
-    """A job's state; see the module docstring for the transitions."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        """True for succeeded, failed and cancelled."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a client asked for; validated by the caller before it reaches the store."""
-
-    model_id: str
-    dataset: str
-    model_type: str
-    example_idxs: list[int] | None
-    train_opts: dict[str, Any]
-
-    def fingerprint(self) -> str:
-        """A hash of the request, to tell an idempotent retry from a different request."""
-        payload = json.dumps(
-            {
-                "model_id": self.model_id,
-                "dataset": self.dataset,
-                "model_type": self.model_type,
-                "example_idxs": self.example_idxs,
-                "train_opts": self.train_opts,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the jobs table."""
-
-    id: str
-    seq: int
-    model_id: str
-    dataset: str
-    model_type: str
-    example_idxs: list[int] | None
-    train_opts: dict[str, Any]
-    state: JobState
-    attempt: int
-    trainer_id: str | None
-    lease_expires_at: float | None
-    progress: float
-    epoch: int
-    metrics: list[dict[str, Any]]
-    error: str | None
-    has_checkpoint: bool
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    updated_at: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
-        """Build from a ``jobs`` row mapping."""
-        return cls(
-            id=row["id"],
-            seq=row["seq"],
-            model_id=row["model_id"],
-            dataset=row["dataset"],
-            model_type=row["model_type"],
-            example_idxs=row["example_idxs"],
-            train_opts=row["train_opts"] or {},
-            state=JobState(row["state"]),
-            attempt=row["attempt"],
-            trainer_id=row["trainer_id"],
-            lease_expires_at=row["lease_expires_at"],
-            progress=row["progress"],
-            epoch=row["epoch"],
-            metrics=row["metrics"] or [],
-            error=row["error"],
-            has_checkpoint=bool(row["has_checkpoint"]),
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            updated_at=row["updated_at"],
-        )
-
-
-def new_job_id() -> str:
-    """A fresh, URL-safe job id."""
-    return "job-" + uuid.uuid4().hex[:16]
+__all__ = ["Job", "JobSpec", "JobState", "JobStore", "job_to_json"]
 
 
 class JobStore:
@@ -525,34 +427,3 @@ class JobStore:
                 db.model_ids.c.model_id == job.model_id, db.model_ids.c.job_id == job.id
             )
         )
-
-
-def job_to_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
-    """The API's view of a job (the one place a job becomes JSON)."""
-    body: dict[str, Any] = {
-        "id": job.id,
-        "model_id": job.model_id,
-        "dataset": job.dataset,
-        "model_type": job.model_type,
-        "example_idxs": job.example_idxs,
-        "train_opts": job.train_opts,
-        "state": job.state.value,
-        "progress": round(job.progress, 4),
-        "epoch": job.epoch,
-        "metrics": job.metrics,
-        "trainer": job.trainer_id,
-        "attempt": job.attempt,
-        "error": job.error,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "updated_at": job.updated_at,
-    }
-    if job.state == JobState.QUEUED:
-        body["queue_position"] = queue_position
-    return body
-
-
-def ids(jobs: Iterable[Job]) -> list[str]:
-    """The ids of ``jobs`` (for logs and tests)."""
-    return [job.id for job in jobs]
