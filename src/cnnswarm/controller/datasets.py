@@ -8,7 +8,6 @@ download. Uploads are decoded once, at upload time; a failed upload leaves nothi
 from __future__ import annotations
 
 import hashlib
-import shutil
 import threading
 import uuid
 from collections import OrderedDict
@@ -143,13 +142,10 @@ class DatasetService:
         display = name or dataset_id
         if not isinstance(display, str) or not 0 < len(display) <= 200:
             raise InvalidInput("name must be 1-200 characters", field="name")
-        work = self.stores.artifacts.tmp / f"{dataset_id}.work"
-        work.mkdir(parents=True)
-        try:
-            limits = UploadLimits()
-            dataset = import_upload(upload, work, name=display, limits=limits)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        # Entries are streamed and decoded in memory: nothing of the archive lands on disk.
+        dataset = import_upload(
+            upload, self.stores.artifacts.tmp, name=display, limits=UploadLimits()
+        )
         path = self.stores.artifacts.dataset_path(dataset_id)
         dataset.save_npz(path)
         info = dataset.info()
