@@ -17,11 +17,20 @@ import orjson
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cnnswarm.errors import CnnSwarmError, InvalidInput, Overloaded, Unauthorized
+from cnnswarm.errors import (
+    CnnSwarmError,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# JSON bodies are parsed in memory; larger payloads (datasets) go as multipart files.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 def error_response(error: CnnSwarmError) -> Response:
@@ -67,6 +76,11 @@ def register_error_handlers(app: Flask) -> None:
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or ``InvalidInput`` saying why it is not one."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise PayloadTooLarge(
+            f"JSON bodies are limited to {MAX_JSON_BYTES // (1024 * 1024)} MB; "
+            "send images as multipart files"
+        )
     raw = request.get_data(cache=True)
     if not raw:
         raise InvalidInput("the request needs a JSON object body")

@@ -171,3 +171,14 @@ def test_api_token_guards_mutating_routes(tmp_path: Any) -> None:
     )
     assert good.status_code == 202
     assert client.get("/api/v1/jobs").status_code == 200
+
+
+def test_json_bodies_over_the_json_limit_are_413(client: FlaskClient) -> None:
+    from cnnswarm.http import MAX_JSON_BYTES
+
+    response = client.post(
+        "/api/v1/jobs",
+        data=b" " * (MAX_JSON_BYTES + 1),
+        content_type="application/json",
+    )
+    assert response.status_code == 413 and "multipart" in response.json["error"]
