@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from cnnswarm.config import Settings, check_token_policy
@@ -34,6 +35,8 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # ``app.extensions`` entries whose ``stop()`` a worker calls on its way out.
 TRAINER_SERVICES = ("trainer_service",)
 CONTROLLER_SERVICES = ("cnnswarm.scheduler",)
+# Successful requests to these paths are not access-logged (heartbeats, health probes).
+QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz"})
 
 Role = Literal["controller", "trainer"]
 
@@ -74,6 +77,16 @@ def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+class QuietProbesLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger without access lines for successful heartbeats and health probes,
+    which arrive every second or so and would drown the requests worth reading."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if environ.get("PATH_INFO") in QUIET_PATHS and str(resp.status).startswith("2"):
+            return
+        super().access(resp, req, environ, request_time)
 
 
 class _GunicornApp(BaseApplication):  # type: ignore[misc]
@@ -122,6 +135,7 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "accesslog": "-",
             "errorlog": "-",
+            "logger_class": QuietProbesLogger,
             "preload_app": False,
             "proc_name": f"cnn-swarm-{self.role}",
             "when_ready": self._when_ready,
