@@ -7,6 +7,7 @@ import socket
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -60,3 +61,14 @@ def image_folder_zip(classes: dict[str, list[bytes]]) -> bytes:
             for i, data in enumerate(images):
                 archive.writestr(f"{name}/{i}.png", data)
     return buffer.getvalue()
+
+
+class MarkerPayload:
+    """A hostile pickle payload: unpickling it creates the file ``marker`` (a test proves a
+    loader safe by showing the marker never appears)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))

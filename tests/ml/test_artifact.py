@@ -18,6 +18,7 @@ from cnnswarm.ml.artifact import (
     save_artifact,
 )
 from cnnswarm.ml.models import ModelConfig, NNConvResNetRGB
+from support import MarkerPayload
 
 torch.set_num_threads(1)
 
@@ -97,26 +98,18 @@ def test_a_dict_that_is_neither_format_is_refused() -> None:
         artifact_from_bytes(buffer.getvalue())
 
 
-class _WritesMarker:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     # The payload is live: unpickling it the unsafe way does create its marker.
     proof = tmp_path / "proof"
-    pickle.loads(pickle.dumps(_WritesMarker(proof)))
+    pickle.loads(pickle.dumps(MarkerPayload(proof)))
     assert proof.exists()
 
     marker = tmp_path / "pwned"
     zip_format = tmp_path / "evil.model"
-    torch.save({"state_dict": _WritesMarker(marker)}, zip_format)
+    torch.save({"state_dict": MarkerPayload(marker)}, zip_format)
     legacy_format = tmp_path / "evil.pth"
-    legacy_format.write_bytes(pickle.dumps({"conv1a.weight": _WritesMarker(marker)}))
+    legacy_format.write_bytes(pickle.dumps({"conv1a.weight": MarkerPayload(marker)}))
     for path in (zip_format, legacy_format):
         with pytest.raises(InvalidInput):
             load_artifact(path)

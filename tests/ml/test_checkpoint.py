@@ -22,6 +22,7 @@ from cnnswarm.ml.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
+from support import MarkerPayload
 
 torch.set_num_threads(1)
 
@@ -112,23 +113,15 @@ def test_rng_states_survive_a_weights_only_round_trip() -> None:
     assert np.array_equal(first[2], again[2]) and first[3] == again[3]
 
 
-class _WritesMarker:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    torch.save({"model": _WritesMarker(marker)}, path)
+    torch.save({"model": MarkerPayload(marker)}, path)
     with pytest.raises(InvalidInput):
         load_checkpoint(path)
     with pytest.raises(InvalidInput):
-        checkpoint_from_bytes(pickle.dumps(_WritesMarker(marker)))
+        checkpoint_from_bytes(pickle.dumps(MarkerPayload(marker)))
     assert not marker.exists()
 
 

@@ -24,6 +24,7 @@ from flask.testing import FlaskClient
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
+from support import MarkerPayload
 
 TOKEN = "tok-5f1e0c9b7a"
 READ_ONLY_POSTS = {
@@ -80,20 +81,10 @@ def test_the_token_never_reaches_the_logs(guarded: Flask, caplog: pytest.LogCapt
     assert TOKEN not in caplog.text and "guess-123" not in caplog.text
 
 
-class _Payload:
-    """Unpickling this creates the marker file (what a hostile model file would do)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
-
-
 def hostile_files(marker: Path) -> list[bytes]:
     buffer = io.BytesIO()
-    torch.save({"format": "x", "state_dict": _Payload(marker)}, buffer)
-    return [buffer.getvalue(), pickle.dumps({"state_dict": _Payload(marker)})]
+    torch.save({"format": "x", "state_dict": MarkerPayload(marker)}, buffer)
+    return [buffer.getvalue(), pickle.dumps({"state_dict": MarkerPayload(marker)})]
 
 
 def test_a_hostile_result_upload_is_refused_and_never_runs(
