@@ -110,7 +110,7 @@ def test_controller_killed_during_checkpoint_upload(tmp_path: Path) -> None:
         job_id = client.submit_job(
             dataset="digits", model_type="SmallConvNet", train_opts={"num_epochs": 1}
         )["id"]
-        stored = controller.home / "checkpoints" / f"{job_id}.pt"
+        stored = controller.home / "checkpoints" / job_id / "attempt-1.pt"
         with FakeTrainer(controller.url) as fake:
             assert fake.wait_dispatch(job_id)["attempt"] == 1
         rng = random.Random(7)

@@ -45,3 +45,14 @@ def test_sweep_removes_only_old_temp_files(tmp_path: Path) -> None:
     os.utime(kept, (two_hours_ago, two_hours_ago))
     assert store.sweep_temp_files(older_than_s=3600) == 1
     assert not old.exists() and fresh.exists() and kept.exists()
+
+
+def test_latest_checkpoint_is_the_highest_attempts(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert store.latest_checkpoint("job-1") is None
+    for attempt in (1, 3, 2):
+        write_atomic(store.checkpoint_path("job-1", attempt), f"a{attempt}".encode())
+    latest = store.latest_checkpoint("job-1")
+    assert latest is not None and latest.read_bytes() == b"a3"
+    store.remove_checkpoints("job-1")
+    assert store.latest_checkpoint("job-1") is None

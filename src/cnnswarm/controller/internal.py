@@ -105,8 +105,8 @@ def dataset_arrays(dataset_id: str) -> Response:
 @token_required
 def get_checkpoint(job_id: str) -> Response:
     """The job's latest checkpoint, or 404 when it has none yet."""
-    path = ctx().stores.artifacts.checkpoint_path(check_id(job_id, "job_id"))
-    if not path.exists():
+    path = ctx().stores.artifacts.latest_checkpoint(check_id(job_id, "job_id"))
+    if path is None:
         raise NotFound(f"job {job_id} has no checkpoint yet")
     return send_file(path, mimetype="application/octet-stream", conditional=False, etag=False)
 
@@ -114,15 +114,16 @@ def get_checkpoint(job_id: str) -> Response:
 @bp.put("/jobs/<job_id>/checkpoint")
 @token_required
 def put_checkpoint(job_id: str) -> tuple[str, int]:
-    """Store a checkpoint of the owning attempt (atomically; the previous one stays valid
-    until the new one is complete)."""
+    """Store a checkpoint of the owning attempt (atomically, in that attempt's own file: the
+    previous one stays valid until the new one is complete, and a fenced-off attempt racing
+    past the ownership check can only touch its own file)."""
     context = ctx()
     check_id(job_id, "job_id")
     attempt = _attempt(request.args.get("attempt"))
     context.stores.jobs.check_owner(job_id, attempt)
     data = request.get_data(cache=False)
     checkpoint_from_bytes(data)  # refuse a torn or foreign file before it replaces a good one
-    write_atomic(context.stores.artifacts.checkpoint_path(job_id), data)
+    write_atomic(context.stores.artifacts.checkpoint_path(job_id, attempt), data)
     context.stores.jobs.mark_checkpoint(job_id, attempt)
     return "", 204
 
@@ -157,7 +158,7 @@ def post_result(job_id: str) -> dict[str, Any]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    context.stores.artifacts.remove(context.stores.artifacts.checkpoint_path(job_id))
+    context.stores.artifacts.remove_checkpoints(job_id)
     context.scheduler.wake()
     return {"job_id": done.id, "state": done.state.value, "model_id": done.model_id}
 

@@ -107,9 +107,24 @@ class ArtifactStore:
         """The cached arrays (``.npz``) of a dataset."""
         return self._inside("datasets", check_id(dataset_id, "dataset") + ".npz")
 
-    def checkpoint_path(self, job_id: str) -> Path:
-        """The latest checkpoint of a job."""
-        return self._inside("checkpoints", check_id(job_id, "job_id") + ".pt")
+    def checkpoint_path(self, job_id: str, attempt: int) -> Path:
+        """The latest checkpoint written by one attempt of a job. One file per attempt: an
+        attempt that lost its lease can never overwrite the checkpoint of the one after it."""
+        return self._inside("checkpoints", check_id(job_id, "job_id"), f"attempt-{attempt}.pt")
+
+    def latest_checkpoint(self, job_id: str) -> Path | None:
+        """The checkpoint of the highest attempt that wrote one (None if there is none)."""
+        folder = self._inside("checkpoints", check_id(job_id, "job_id"))
+        attempts = [
+            int(path.stem.removeprefix("attempt-"))
+            for path in folder.glob("attempt-*.pt")
+            if path.stem.removeprefix("attempt-").isdigit()
+        ]
+        return self.checkpoint_path(job_id, max(attempts)) if attempts else None
+
+    def remove_checkpoints(self, job_id: str) -> None:
+        """Delete every checkpoint of a job (once its model is published)."""
+        shutil.rmtree(self._inside("checkpoints", check_id(job_id, "job_id")), ignore_errors=True)
 
     def model_path(self, model_id: str, attempt: int) -> Path:
         """A model artefact; one file per attempt, so a fenced-off attempt never overwrites
