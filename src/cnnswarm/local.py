@@ -26,6 +26,8 @@ from typing import IO
 
 import requests
 
+from cnnswarm.atomic import write_text_atomically
+
 PARENT_PID_ENV = "CNN_SWARM_PARENT_PID"
 STOP_GRACE_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -181,7 +183,7 @@ def run_local_cluster(
         for child in children[1:]:
             _wait_ready(child, deadline)
         if url_file is not None:
-            _write_url(url_file, controller_url)
+            write_text_atomically(url_file, controller_url + "\n")
         with lock:
             print(f"cnn-swarm is up: controller at {controller_url} with {trainers} trainer(s)")
             print("Press Ctrl-C to stop.", flush=True)
@@ -215,11 +217,3 @@ def run_local_cluster(
             shutil.rmtree(runtime_dir, ignore_errors=True)
             if url_file is not None:
                 url_file.unlink(missing_ok=True)
-
-
-def _write_url(path: Path, url: str) -> None:
-    """Write the URL atomically: a reader sees no file or the whole line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(url + "\n")
-    os.replace(temporary, path)

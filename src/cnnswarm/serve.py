@@ -25,6 +25,7 @@ from typing import Any, Literal
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from cnnswarm.atomic import write_text_atomically
 from cnnswarm.config import Settings, check_token_policy
 
 # A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
@@ -69,14 +70,6 @@ def _set_torch_threads(threads: int) -> None:
     import torch  # Imported here: the gunicorn master never touches torch before forking.
 
     torch.set_num_threads(threads)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` so a reader sees either no file or the whole of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class QuietProbesLogger(glogging.Logger):  # type: ignore[misc]
@@ -155,7 +148,7 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         self.settings = self.settings.with_overrides(**{port_field: bound_port})
         url = f"http://{_reachable_host(self.host)}:{bound_port}"
         if self.url_file is not None:
-            _write_atomically(self.url_file, url + "\n")
+            write_text_atomically(self.url_file, url + "\n")
         print(f"listening on {url}", flush=True)
 
     def load(self) -> Any:

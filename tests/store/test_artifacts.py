@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cnnswarm.atomic import write_atomic
 from cnnswarm.errors import InvalidInput
-from cnnswarm.store.artifacts import ArtifactStore, check_id, write_atomic
+from cnnswarm.store.artifacts import ArtifactStore, check_id
 
 
 def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.openapi import DATASET, ERROR, TRAINER, doc
 from cnnswarm.errors import InvalidInput, PayloadTooLarge
 from cnnswarm.http import require_token
-from cnnswarm.store.artifacts import check_id, copy_stream, write_atomic
+from cnnswarm.store.artifacts import check_id, copy_stream
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)

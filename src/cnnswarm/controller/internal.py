@@ -11,12 +11,13 @@ from typing import Any
 
 from flask import Blueprint, Response, request, send_file
 
+from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
-from cnnswarm.store.artifacts import check_id, write_atomic
+from cnnswarm.store.artifacts import check_id
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import InvalidInput
-from cnnswarm.ml.checkpoint import load_weights_only, write_atomically
+from cnnswarm.ml.checkpoint import load_weights_only
 from cnnswarm.ml.datasets.base import ArrayDataset
 from cnnswarm.ml.models import ModelConfig
 

@@ -11,15 +11,14 @@ It also holds the RNG capture/restore that makes a resumed run draw the same num
 from __future__ import annotations
 
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import InvalidInput
 
 
@@ -46,30 +45,6 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise InvalidInput("checkpoint must hold a dict")
     return ckpt
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Call ``write(fh)`` on a temp file beside ``path``, fsync it, then rename it into place.
-
-    If ``write`` raises, the temp file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:

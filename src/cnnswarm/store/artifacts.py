@@ -8,10 +8,8 @@ must stay inside the store's root.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,30 +30,6 @@ def check_id(value: object, field: str) -> str:
             field=field,
         )
     return value
-
-
-def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> int:
-    """Write ``chunks`` to ``path`` atomically (temp file, fsync, rename); returns bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
-                fh.write(chunk)
-                size += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return size
 
 
 def copy_stream(stream: IO[bytes], chunk_size: int = 1 << 20) -> Iterable[bytes]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from urllib.parse import quote
 
 import requests
 
+from cnnswarm.atomic import write_atomic, write_text_atomically
 from cnnswarm.errors import (
     CnnSwarmError,
     Conflict,
@@ -222,22 +221,9 @@ class ControllerClient:
             etag = response.headers.get("ETag", "")
             name = (hashlib.sha256(etag.encode()).hexdigest()[:24] if etag else "latest") + ".npz"
             target = folder / name
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".download.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
+            write_atomic(target, response.iter_content(chunk_size=1 << 20))
         if etag:
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".meta.", suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"etag": etag, "file": name}, fh)
-            os.replace(tmp_name, meta_path)
+            write_text_atomically(meta_path, json.dumps({"etag": etag, "file": name}))
         return target
 
     def get_checkpoint(

@@ -8,7 +8,6 @@ through that one function, so a model always sees what it was trained on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import InvalidInput
 
 
@@ -113,10 +113,9 @@ class ArrayDataset:
 
     def save_npz(self, path: Path) -> None:
         """Write the cache/wire format (plain arrays, no pickle) atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(
+        write_atomically(
+            Path(path),
+            lambda fh: np.savez(
                 fh,
                 x_train=self.x_train,
                 y_train=self.y_train,
@@ -126,10 +125,8 @@ class ArrayDataset:
                 mean=np.array(self.normalization.mean, dtype=np.float64),
                 std=np.array(self.normalization.std, dtype=np.float64),
                 name=np.array(self.name, dtype=np.str_),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+            ),
+        )
 
     @classmethod
     def load_npz(cls, path: Path) -> ArrayDataset:

@@ -18,10 +18,8 @@ import codecs
 import contextlib
 import hashlib
 import io
-import os
 import pickle
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import DatasetUnavailable, InvalidInput
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
 
@@ -218,40 +217,28 @@ def _write_cache(dataset: ArrayDataset, cache: Path) -> None:
         for stale in cache.parent.glob(f"{_CACHE_PREFIX}*.npz"):
             if stale != cache:
                 stale.unlink(missing_ok=True)
-        # A unique temporary name, so two processes caching at once never share a file.
-        fd, tmp_name = tempfile.mkstemp(dir=cache.parent, prefix=".cifar-cache-", suffix=".npz")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            dataset.save_npz(tmp)
-            tmp.replace(cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        dataset.save_npz(cache)  # atomic, unique temp name: concurrent cachers never clash
 
 
 def download_archive(url: str, target: Path, *, md5: str) -> None:
     """Download ``url`` to ``target`` via a temporary file, kept only if its MD5 is ``md5``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-", suffix=".part")
-    tmp = Path(tmp_name)
-    digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+
+    def download(out: IO[bytes]) -> None:
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=60) as response:
             _copy_hashing(response, out, digest.update)
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != md5:
             raise DatasetUnavailable(
                 f"downloaded {url} has MD5 {digest.hexdigest()}, expected {md5}; not kept. "
                 f"Put the genuine {target.name} at {target}"
             )
-        tmp.replace(target)
+
+    try:
+        write_atomically(target, download)  # a failed or mismatching download leaves nothing
     except OSError as exc:
         raise DatasetUnavailable(
             f"could not download {url} ({exc}); put {target.name} at {target}"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _copy_hashing(src: IO[bytes], dst: IO[bytes], update: Callable[[bytes], None]) -> None:
