@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flask.testing import FlaskClient
 
 from cnnswarm.controller.context import ControllerContext
+from cnnswarm.ml.artifact import artifact_from_bytes
 from support import digits_png, image_folder_zip, png_bytes
 
 
@@ -39,7 +41,7 @@ def test_predict_images_multipart_base64_and_examples(client: FlaskClient, publi
     images = [digits_png(i) for i in range(40)]
     files = [(png, f"{i}.png") for i, (png, _) in enumerate(images)]
     response = client.post(
-        "/api/v1/models/prod/predict?top_k=3" if False else f"/api/v1/models/{published}/predict",
+        f"/api/v1/models/{published}/predict",
         data={"files": [(io.BytesIO(png), name) for png, name in files], "top_k": "3"},
         content_type="multipart/form-data",
     )
@@ -61,6 +63,32 @@ def test_predict_images_multipart_base64_and_examples(client: FlaskClient, publi
     examples = np.zeros((2, 1, 8, 8), dtype=np.float32).tolist()
     by_examples = client.post(f"/api/v1/models/{published}/predict", json={"examples": examples})
     assert len(by_examples.json["predictions"]) == 2
+
+
+def test_served_model_is_folded_and_agrees_with_the_artefact(
+    client: FlaskClient, published: str, context: ControllerContext, digits_model_bytes: bytes
+) -> None:
+    """Predict serves a copy with batch norms folded into the convolutions, and its answers are
+    the stored model's."""
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32))
+    response = client.post(
+        f"/api/v1/models/{published}/predict", json={"examples": x.tolist(), "top_k": 10}
+    )
+    assert response.status_code == 200, response.json
+    served = torch.zeros(4, 10)
+    for row, prediction in enumerate(response.json["predictions"]):
+        for entry in prediction["top_k"]:
+            served[row, entry["class_idx"]] = entry["probability"]
+    with torch.inference_mode():
+        expected = torch.softmax(artifact_from_bytes(digits_model_bytes).build_model()(x), dim=1)
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-5)
+
+    loaded = context.predictor.get(
+        context.stores.catalog.get_model(published), context.stores.artifacts.root
+    )
+    modules = list(loaded.batcher.model.modules())
+    assert any(isinstance(m, torch.nn.Conv2d) for m in modules)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
 
 
 @pytest.mark.parametrize(

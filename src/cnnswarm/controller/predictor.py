@@ -1,7 +1,8 @@
 """Serving predictions: a bounded in-memory model cache and opportunistic batching.
 
-A model is loaded once (``weights_only=True``), put in eval mode and kept in an LRU cache of
-``predict_cache_models`` entries. Requests for one model are batched without waiting: the
+A model is loaded once (``weights_only=True``), put in eval mode, its batch norms folded into
+its convolutions (``ml.inference``) and kept in an LRU cache of ``predict_cache_models``
+entries. Requests for one model are batched without waiting: the
 first request runs at once; requests that arrive while a forward pass is running queue up and
 the next of them runs all queued inputs as one batch. An idle model never waits, a busy one
 turns many small forwards into few large ones. More than ``predict_max_inflight`` requests at
@@ -25,6 +26,7 @@ from torch import nn
 from cnnswarm.config import Settings
 from cnnswarm.errors import InvalidInput, Overloaded
 from cnnswarm.ml.artifact import load_artifact
+from cnnswarm.ml.inference import fold_batch_norms
 from cnnswarm.ml.preprocess import Preprocessing
 
 # How long a model's database record is reused before it is read again.
@@ -160,11 +162,15 @@ class Predictor:
                 loaded = self._models.get(key)
             if loaded is None:
                 artifact = load_artifact(home_dir / model_row["filename"])
-                model = artifact.build_model()
+                prep = Preprocessing.from_json(artifact.preprocessing)
+                sample = torch.randn(
+                    2, prep.channels, prep.height, prep.width, generator=torch.Generator()
+                )
+                model = fold_batch_norms(artifact.build_model(), sample)
                 loaded = LoadedModel(
                     model_id=str(model_row["id"]),
                     classes=list(artifact.classes),
-                    preprocessing=Preprocessing.from_json(artifact.preprocessing),
+                    preprocessing=prep,
                     batcher=Batcher(model, self.settings.predict_max_batch),
                 )
                 with self._lock:
