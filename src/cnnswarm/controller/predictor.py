@@ -2,11 +2,11 @@
 
 A model is loaded once (``weights_only=True``), put in eval mode, its batch norms folded into
 its convolutions (``ml.inference``) and kept in an LRU cache of ``predict_cache_models``
-entries. Requests for one model are batched without waiting: the
-first request runs at once; requests that arrive while a forward pass is running queue up and
-the next of them runs all queued inputs as one batch. An idle model never waits, a busy one
-turns many small forwards into few large ones. More than ``predict_max_inflight`` requests at
-once are refused with 503 and ``Retry-After`` instead of piling up.
+entries. Requests for one model are batched without waiting: the first request runs at once;
+requests that arrive while a forward pass is running queue up and the next of them runs all
+queued inputs as one batch. An idle model never waits, a busy one turns many small forwards
+into few large ones. More than ``predict_max_inflight`` requests at once are refused with 503
+and ``Retry-After`` instead of piling up.
 """
 
 from __future__ import annotations
