@@ -58,29 +58,28 @@ def test_images_are_small_non_root_cpu_only_and_health_checked(
     assert "controller" in help_text and "trainer" in help_text
 
 
+# What the CLI gives torch in a container: (trainer threads, controller threads, CPUs seen).
+THREADS_PROBE = (
+    "import os; from cnnswarm.config import load_settings; "
+    "from cnnswarm.serve import torch_threads_for; s = load_settings(); "
+    "print(torch_threads_for(s, sharers=s.trainer_slots), "
+    "torch_threads_for(s, sharers=s.gunicorn_workers), len(os.sched_getaffinity(0)))"
+)
+
+
 @pytest.mark.slow
 def test_torch_threads_follow_the_container_cpu_limit(docker: Any, images: dict[str, str]) -> None:
-    def threads(*options: str) -> str:
-        argv = ["docker", "run", "--rm", *options, images["trainer"], "trainer", "--help"]
-        # The entrypoint exports TORCH_THREADS before it runs the command; print it instead.
-        argv[-2:] = ["sh", "-c", 'echo "${TORCH_THREADS:-unset}"']
-        return str(docker.run(argv).stdout.strip())
+    """The serving code reads the container's CPU quota (cgroup v2 or v1: this host runs v1)
+    and splits it among job slots (trainer) or gunicorn workers (controller)."""
 
-    assert threads("--cpus", "1") == "1"
-    assert threads("--cpus", "1.5") == "2"  # a partial CPU rounds up
-    assert threads("--cpus", "1", "-e", "TORCH_THREADS=3") == "3"  # an explicit value wins
-    assert threads() == "unset"  # no limit: the CLI sizes it from the CPUs it sees
+    def threads(*options: str) -> list[int]:
+        argv = ["docker", "run", "--rm", *options, images["trainer"], "python3", "-c"]
+        return [int(n) for n in docker.run([*argv, THREADS_PROBE]).stdout.split()]
 
-
-@pytest.mark.slow
-def test_trainer_threads_are_split_among_job_slots(docker: Any, images: dict[str, str]) -> None:
-    # A stand-in `cnn-swarm` first on PATH prints what the entrypoint hands to the real one.
-    script = (
-        'mkdir -p /tmp/bin && printf "#!/bin/sh\\necho \\$TORCH_THREADS\\n" > /tmp/bin/cnn-swarm'
-        " && chmod +x /tmp/bin/cnn-swarm && PATH=/tmp/bin:$PATH exec /opt/cnn-swarm/entrypoint.sh"
-        ' "$@"'
-    )
-    argv = ["docker", "run", "--rm", "--cpus", "2", "-e", "TRAINER_SLOTS=2", "--entrypoint", "sh"]
-    argv += [images["trainer"], "-c", script, "sh"]
-    assert docker.run([*argv, "trainer"]).stdout.strip() == "1"
-    assert docker.run([*argv, "controller"]).stdout.strip() == "2"
+    assert threads("--cpus", "1")[:2] == [1, 1]
+    assert threads("--cpus", "1.5")[:2] == [2, 2]  # a partial CPU rounds up
+    assert threads("--cpus", "1", "-e", "TORCH_THREADS=3")[:2] == [3, 3]  # explicit wins
+    split = threads("--cpus", "2", "-e", "TRAINER_SLOTS=2", "-e", "GUNICORN_WORKERS=1")
+    assert split[:2] == [1, 2]
+    trainer, controller, cpus = threads()  # no limit: the CPUs the container sees
+    assert trainer == controller == cpus
