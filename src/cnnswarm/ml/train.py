@@ -15,6 +15,14 @@ ends with bit-identical weights to a run that was never stopped.
 
 ``should_cancel()`` is polled between batches; when it returns true ``TrainingCancelled`` is
 raised (the last checkpoint handed out is the place to resume from).
+
+Each epoch's ``duration_s`` is the wall time spent on that epoch's work that survives: from its
+first batch to the end of its evaluation. An epoch resumed from a mid-epoch checkpoint counts
+the training time the checkpoint carries (its batches before the stop, in an earlier process)
+plus this process's time on it; work lost after that checkpoint and the downtime before the
+resume are not counted. So the durations never sum to more than the wall time the run took,
+and a resumed epoch's duration stays comparable with its neighbours'. ``images_per_s`` divides
+the training images by the batch time alone (evaluation excluded).
 """
 
 from __future__ import annotations
@@ -294,13 +302,15 @@ def train(
             perm, first_batch = resumed_perm, start_batch
             state = resumed_epoch_state or {}
             loss_sum, correct = state["loss_sum"].to(run_device), state["correct"].to(run_device)
-            train_time_s = float(state["train_time_s"])
+            # This epoch's batches before the checkpoint ran in an earlier process.
+            time_before_resume_s = float(state["train_time_s"])
         else:
             perm, first_batch = torch.randperm(num_train, generator=data_generator), 0
             # Running sums stay on the device: no per-batch .item() sync.
             loss_sum = torch.zeros((), dtype=torch.float64, device=run_device)
             correct = torch.zeros((), dtype=torch.int64, device=run_device)
-            train_time_s = 0.0
+            time_before_resume_s = 0.0
+        train_time_s = time_before_resume_s
         lr = optimizer.param_groups[0]["lr"]
 
         batch_started = time.perf_counter()
@@ -350,7 +360,8 @@ def train(
                 "test_accuracy": test_accuracy,
                 "lr": lr,
                 "images_per_s": num_train / train_time_s if train_time_s > 0 else None,
-                "duration_s": train_time_s + time.perf_counter() - epoch_started,
+                # epoch_started is this process's start of the epoch: see the module docstring.
+                "duration_s": time_before_resume_s + time.perf_counter() - epoch_started,
             }
         )
         if opts.scheduler_mode == "plateau":
