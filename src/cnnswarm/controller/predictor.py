@@ -7,6 +7,10 @@ requests that arrive while a forward pass is running queue up and the next of th
 queued inputs as one batch. An idle model never waits, a busy one turns many small forwards
 into few large ones. More than ``predict_max_inflight`` requests at once are refused with 503
 and ``Retry-After`` instead of piling up.
+
+Freshness: a model's record is re-read at most ``ROW_TTL_S`` after it was last read, and a
+loaded model is cached by its publication (id, file, job, creation time), so a model deleted
+and published again, or an alias moved, by any controller is served fresh within that time.
 """
 
 from __future__ import annotations
@@ -119,14 +123,29 @@ class LoadedModel:
     batcher: Batcher
 
 
+# A model's publication: its id, file, job and publication time. Filenames repeat
+# (``<id>/attempt-1.pth`` again after a delete and a new job) and other controllers delete and
+# publish without telling this one, so the file name alone would keep serving the old weights.
+_CacheKey = tuple[str, str, str, float]
+
+
+def _cache_key(model_row: Mapping[str, Any]) -> _CacheKey:
+    return (
+        str(model_row["id"]),
+        str(model_row["filename"]),
+        str(model_row["job_id"]),
+        float(model_row["created_at"]),
+    )
+
+
 class Predictor:
     """The model cache and admission control of one controller process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._loading: dict[str, threading.Lock] = {}
+        self._models: OrderedDict[_CacheKey, LoadedModel] = OrderedDict()
+        self._loading: dict[_CacheKey, threading.Lock] = {}
         self._rows: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._inflight = threading.BoundedSemaphore(settings.predict_max_inflight)
 
@@ -148,9 +167,9 @@ class Predictor:
         return row
 
     def get(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
-        """The loaded model for a ``models`` row (cached by its file, so a re-published id
-        never serves stale weights)."""
-        key = f"{model_row['id']}:{model_row['filename']}"
+        """The loaded model for a ``models`` row (cached by its publication, so a re-published
+        id never serves stale weights)."""
+        key = _cache_key(model_row)
         with self._lock:
             loaded = self._models.get(key)
             if loaded is not None:
@@ -183,7 +202,7 @@ class Predictor:
     def forget(self, model_id: str) -> None:
         """Drop a deleted model from the cache."""
         with self._lock:
-            for key in [k for k in self._models if k.split(":", 1)[0] == model_id]:
+            for key in [k for k in self._models if k[0] == model_id]:
                 del self._models[key]
             self._rows.clear()
 
