@@ -111,7 +111,9 @@ def test_a_planted_model_file_is_refused_and_never_runs(
     response = client.post(
         f"/api/v1/models/{published}/predict", json={"examples": [[[[0.0] * 8] * 8]]}
     )
-    assert 400 <= response.status_code < 600 and response.status_code != 200
+    # A file that is not a weights-only torch file is refused as such, not a crash (500).
+    assert response.status_code == 400, response.json
+    assert response.json["exception"] == "InvalidInputArg"
     assert not marker.exists()
     assert client.get("/healthz").status_code == 200
 
@@ -126,6 +128,14 @@ BAD_IDS = [
     "%00",
     "a b",
 ]
+
+
+def _expected_status(rule: str, bad_id: str) -> int:
+    """404 where no route matches (an encoded slash splits the id into more path segments; the
+    static route serves no files), else 400: the route refuses the id by name."""
+    if rule.startswith("/static/") or "%2F" in bad_id:
+        return 404
+    return 400
 
 
 def test_hostile_ids_are_4xx_and_touch_nothing_outside_home(
@@ -143,7 +153,8 @@ def test_hostile_ids_are_4xx_and_touch_nothing_outside_home(
             for bad in BAD_IDS:
                 url = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", bad, rule.rule)
                 response = client.open(url + "?attempt=1", method=method, json={"model_id": bad})
-                assert 400 <= response.status_code < 500, (method, url, response.status_code)
+                expected = _expected_status(rule.rule, bad)
+                assert response.status_code == expected, (method, url, response.status_code)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (outside / "canary.npz").read_bytes() == b"keep"
     assert (outside / "canary.pth").read_bytes() == b"keep"
