@@ -6,7 +6,7 @@ trainer's side of the protocol through the real internal routes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +43,27 @@ def client(app: Flask) -> FlaskClient:
 def context(app: Flask) -> ControllerContext:
     ctx: ControllerContext = app.extensions["cnnswarm"]
     return ctx
+
+
+Publish = Callable[[Flask, str, bytes], None]
+
+
+@pytest.fixture
+def publish() -> Publish:
+    """``publish(app, model_id, model_bytes)``: a job for ``model_id`` queued, claimed and its
+    model file posted through ``app``'s real routes, as a trainer does."""
+
+    def publish_model(app: Flask, model_id: str, model_bytes: bytes) -> None:
+        client = app.test_client()
+        jobs = app.extensions["cnnswarm"].stores.jobs
+        job = client.post("/api/v1/jobs", json={"dataset": "digits", "model_id": model_id})
+        assert job.status_code == 202, job.json
+        job_id = str(job.get_json()["id"])
+        assert jobs.claim(jobs.get(job_id), "t1", lease_s=30) is not None
+        result = client.post(f"/internal/v1/jobs/{job_id}/result?attempt=1", data=model_bytes)
+        assert result.status_code == 200, result.json
+
+    return publish_model
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ re-published model or a moved alias fresh in every controller within ``ROW_TTL_S
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from torch import nn
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
-from cnnswarm.controller.context import ControllerContext
 from cnnswarm.controller.predictor import ROW_TTL_S, Batcher
 from cnnswarm.ml.artifact import artifact_from_bytes, artifact_to_bytes
 from cnnswarm.ml.models import ModelConfig
@@ -87,6 +86,8 @@ def test_batched_requests_each_get_their_own_rows() -> None:
 
 # -- stale weights across controllers --------------------------------------------------------
 
+Publish = Callable[[Flask, str, bytes], None]  # the ``publish`` fixture
+
 
 def _shifted_classes(model_bytes: bytes) -> bytes:
     """The same artefact with its output rows rolled by one: other weights, other answers."""
@@ -122,19 +123,6 @@ def _serves(client: FlaskClient, model: str, x: torch.Tensor, expected: torch.Te
     return served is not None and torch.allclose(served, expected, rtol=1e-4, atol=1e-5)
 
 
-def _publish(app: Flask, model_id: str, model_bytes: bytes) -> None:
-    """Publish ``model_bytes`` as ``model_id`` through ``app``, as a trainer does."""
-    client = app.test_client()
-    context: ControllerContext = app.extensions["cnnswarm"]
-    job = client.post("/api/v1/jobs", json={"dataset": "digits", "model_id": model_id})
-    assert job.status_code == 202, job.json
-    job_id = str(job.get_json()["id"])
-    jobs = context.stores.jobs
-    assert jobs.claim(jobs.get(job_id), "t1", lease_s=30) is not None
-    result = client.post(f"/internal/v1/jobs/{job_id}/result?attempt=1", data=model_bytes)
-    assert result.status_code == 200, result.json
-
-
 @pytest.fixture
 def two_controllers(tmp_path: Path) -> Iterator[tuple[Flask, Flask]]:
     """Two controller apps on one database and one HOME_DIR (as two processes would be)."""
@@ -150,7 +138,7 @@ FRESH_WITHIN_S = ROW_TTL_S + 5.0
 
 
 def test_a_model_re_published_elsewhere_is_served_fresh(
-    two_controllers: tuple[Flask, Flask], digits_model_bytes: bytes
+    two_controllers: tuple[Flask, Flask], digits_model_bytes: bytes, publish: Publish
 ) -> None:
     app_a, app_b = two_controllers
     client_a, client_b = app_a.test_client(), app_b.test_client()
@@ -159,23 +147,23 @@ def test_a_model_re_published_elsewhere_is_served_fresh(
     first_probs, second_probs = _probabilities(first, x), _probabilities(second, x)
     assert not torch.allclose(first_probs, second_probs, atol=1e-3)  # the test can tell them apart
 
-    _publish(app_a, "m", first)
+    publish(app_a, "m", first)
     assert _serves(client_a, "m", x, first_probs)  # A has loaded and cached it
 
     assert client_b.delete("/api/v1/models/m").status_code == 200
     wait_until(lambda: _served(client_a, "m", x) is None, FRESH_WITHIN_S, what="A to see 404")
-    _publish(app_b, "m", second)  # the same id and the same file name, attempt-1.pth
+    publish(app_b, "m", second)  # the same id and the same file name, attempt-1.pth
     wait_until(lambda: _serves(client_a, "m", x, second_probs), FRESH_WITHIN_S, what="new m")
 
     # Without a 404 in between: A still holds the first publication's row when it is replaced.
     assert _serves(client_b, "m", x, second_probs)
     assert client_b.delete("/api/v1/models/m").status_code == 200
-    _publish(app_b, "m", first)
+    publish(app_b, "m", first)
     wait_until(lambda: _serves(client_a, "m", x, first_probs), FRESH_WITHIN_S, what="first m")
 
 
 def test_an_alias_moved_elsewhere_is_served_fresh(
-    two_controllers: tuple[Flask, Flask], digits_model_bytes: bytes
+    two_controllers: tuple[Flask, Flask], digits_model_bytes: bytes, publish: Publish
 ) -> None:
     app_a, app_b = two_controllers
     client_a, client_b = app_a.test_client(), app_b.test_client()
@@ -183,8 +171,8 @@ def test_an_alias_moved_elsewhere_is_served_fresh(
     x = torch.from_numpy(np.random.default_rng(2).normal(size=(6, 1, 8, 8)).astype(np.float32))
     first_probs, second_probs = _probabilities(first, x), _probabilities(second, x)
 
-    _publish(app_a, "m1", first)
-    _publish(app_b, "m2", second)
+    publish(app_a, "m1", first)
+    publish(app_b, "m2", second)
     assert client_a.put("/api/v1/aliases/prod", json={"model_id": "m1"}).status_code == 200
     assert _serves(client_a, "prod", x, first_probs)
 
