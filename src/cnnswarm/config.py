@@ -71,7 +71,8 @@ class Settings:
     lease_timeout_s: float = 10.0
     max_attempts: int = 3
     scheduler_interval_s: float = 0.5
-    api_token: str = ""
+    # Out of repr: settings get printed and logged; the token must never be.
+    api_token: str = field(default="", repr=False)
     # Lets a role listen beyond loopback without ``api_token`` (see ``check_token_policy``).
     allow_no_token: bool = False
     max_upload_bytes: int = 512 * 1024 * 1024

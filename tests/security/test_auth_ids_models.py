@@ -22,8 +22,9 @@ import torch
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cnnswarm.config import Settings
+from cnnswarm.config import Settings, load_settings
 from cnnswarm.controller.app import create_app
+from cnnswarm.trainer.child import ChildConfig
 from support import MarkerPayload
 
 TOKEN = "tok-5f1e0c9b7a"
@@ -81,6 +82,15 @@ def test_the_token_never_reaches_the_logs(guarded: Flask, caplog: pytest.LogCapt
     assert TOKEN not in caplog.text and "guess-123" not in caplog.text
 
 
+def test_settings_and_the_job_config_never_show_the_token(tmp_path: Path) -> None:
+    settings = load_settings({"CNN_SWARM_API_TOKEN": TOKEN, "HOME_DIR": str(tmp_path)})
+    child_config = ChildConfig("http://127.0.0.1:1", TOKEN, tmp_path, 1, True)
+    assert settings.api_token == TOKEN and child_config.api_token == TOKEN
+    for shown in (repr(settings), str(settings), repr(child_config), f"{child_config}"):
+        assert "127.0.0.1" in shown or str(tmp_path) in shown  # the rest is still shown
+        assert TOKEN not in shown
+
+
 def hostile_files(marker: Path) -> list[bytes]:
     buffer = io.BytesIO()
     torch.save({"format": "x", "state_dict": MarkerPayload(marker)}, buffer)
@@ -113,7 +123,7 @@ def test_a_planted_model_file_is_refused_and_never_runs(
     )
     # A file that is not a weights-only torch file is refused as such, not a crash (500).
     assert response.status_code == 400, response.json
-    assert response.json["exception"] == "InvalidInputArg"
+    assert (response.json or {}).get("exception") == "InvalidInputArg"
     assert not marker.exists()
     assert client.get("/healthz").status_code == 200
 

@@ -18,7 +18,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +57,11 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class ChildConfig:
-    """What a child needs from the trainer's settings (picklable, no secrets beyond the token)."""
+    """What a child needs from the trainer's settings (picklable, no secrets beyond the token,
+    which its repr leaves out)."""
 
     controller_url: str
-    api_token: str
+    api_token: str = field(repr=False)
     cache_dir: Path
     torch_threads: int
     force_cpu: bool
