@@ -1,6 +1,10 @@
-"""Dataset statistics and the one deterministic split every dataset source uses."""
+"""Dataset statistics, the one deterministic split every dataset source uses, and the one
+deterministic row order of uploads."""
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,3 +58,27 @@ def stratified_split(
     train = np.sort(np.concatenate(train_parts)) if train_parts else empty
     test = np.sort(np.concatenate(test_parts)) if test_parts else empty
     return train.astype(np.int64), test.astype(np.int64)
+
+
+def content_key(pixels: bytes) -> int:
+    """A 64-bit digest of an image's pixels (the key ``fair_order`` sorts a class's rows by)."""
+    return int.from_bytes(hashlib.blake2b(pixels, digest_size=8).digest(), "little")
+
+
+def fair_order(labels: np.ndarray, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A permutation of the rows in which every prefix is a fair sample: each class's share of
+    rows ``[0, k)`` is its share of the whole, within about one row.
+
+    Within a class, rows are ordered by ``keys`` (``content_key`` of each image: a shuffle that
+    depends on the images only, not on the order they came in, so the same images always give
+    the same order and rows already in this order keep it). The i-th of a class's n rows is
+    placed at ``(i + 0.5) / n`` of the way through, interleaving the classes (ties in class
+    order).
+    """
+    key_array = np.asarray(keys, dtype=np.uint64)
+    position = np.zeros(len(labels), dtype=np.float64)
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[np.argsort(key_array[idx], kind="stable")]
+        position[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
+    return np.argsort(position, kind="stable").astype(np.int64)

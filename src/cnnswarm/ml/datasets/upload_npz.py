@@ -7,6 +7,9 @@ and optionally ``x_test`` / ``y_test``; without a test split, the stratified 20 
 channels-first when the second is. Values: uint8, integers in 0..255, or floats -- floats whose
 values all lie in [0, 1] are scaled by 255, others must lie in [0, 255].
 
+The rows of each split are reordered as ``uploads`` says (``stats.fair_order``), so a prefix of
+either split samples every class; ``classes`` and the label numbers are kept.
+
 Each member's ``.npy`` header is read first: object (pickled) arrays and other dtypes are refused,
 and the declared size must fit both the member and the limits before any data is read.
 """
@@ -22,7 +25,12 @@ import numpy as np
 from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.datasets.archives import RATIO_FLOOR_BYTES, UploadLimits
 from cnnswarm.ml.datasets.base import ArrayDataset
-from cnnswarm.ml.datasets.stats import normalization_from, stratified_split
+from cnnswarm.ml.datasets.stats import (
+    content_key,
+    fair_order,
+    normalization_from,
+    stratified_split,
+)
 
 _ALLOWED_KINDS = "biufUS"
 _ALIASES = {"x": ("x", "x_train"), "y": ("y", "y_train")}
@@ -118,6 +126,11 @@ def _labels(y: np.ndarray, key: str, n: int, num_classes: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _row_keys(x: np.ndarray) -> np.ndarray:
+    """``content_key`` of each image of ``x`` (uint8 ``(N, C, H, W)``)."""
+    return np.array([content_key(row.tobytes()) for row in x], dtype=np.uint64)
+
+
 def import_npz(
     zf: zipfile.ZipFile,
     *,
@@ -140,6 +153,7 @@ def import_npz(
     )
     x = _to_nchw(_read_npy(zf, str(keys["x"]), limits), "x")
     y = _labels(_read_npy(zf, str(keys["y"]), limits), "y", len(x), len(classes))
+    x_test, y_test = x[:0], y[:0]
     if keys["x_test"] is not None:
         x_test = _to_nchw(_read_npy(zf, str(keys["x_test"]), limits), "x_test")
         y_test = _labels(
@@ -147,13 +161,21 @@ def import_npz(
         )
         if x_test.shape[1:] != x.shape[1:]:
             raise InvalidInput(f"x_test images {x_test.shape[1:]} differ from x {x.shape[1:]}")
-    else:
-        train_idx, test_idx = stratified_split(y)
-        x, x_test, y, y_test = x[train_idx], x[test_idx], y[train_idx], y[test_idx]
     floats = [a for a in (x, x_test) if a.dtype.kind == "f" and len(a)]
     unit_scale = bool(floats) and all(float(a.max()) <= 1.0 for a in floats)
     x = _to_uint8(x, "x", unit_scale=unit_scale)
     x_test = _to_uint8(x_test, "x_test", unit_scale=unit_scale)
+    # Rows ordered by their uint8 pixels, so a dataset saved and uploaded again keeps its order.
+    keys_x = _row_keys(x)
+    if keys["x_test"] is not None:
+        train_idx = fair_order(y, keys_x)
+        test_idx = fair_order(y_test, _row_keys(x_test))
+    else:
+        train_idx, test_idx = stratified_split(y)
+        train_idx = train_idx[fair_order(y[train_idx], keys_x[train_idx])]
+        test_idx = test_idx[fair_order(y[test_idx], keys_x[test_idx])]
+        x_test, y_test = x, y
+    x, x_test, y, y_test = x[train_idx], x_test[test_idx], y[train_idx], y_test[test_idx]
     if len(x) == 0:
         raise InvalidInput("npz upload has no training images")
     missing = [classes[k] for k in range(len(classes)) if not (y == k).any()]

@@ -14,6 +14,13 @@ dropped, palette and CMYK converted); sizes that differ are resized (bilinear) t
 size (ties: the larger area, then the larger height). Every unreadable image is collected and
 reported by name in one ``InvalidInput``. The normalization comes from the training split.
 Nothing is extracted to disk: entries are streamed from the archive (see ``archives``).
+
+Row order: the classes are the sorted folder names (an npz keeps its ``classes``), numbered in
+that order. The rows of each split are then put in ``stats.fair_order``: shuffled within each
+class by a digest of each image's pixels and the classes interleaved, so the seed's
+``example_idxs: [0, k)`` is a fair sample of every class, not the first classes only. The order
+depends on the images alone: every import of the same images gives it, whatever their order in
+the archive, and a dataset saved and uploaded again keeps it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,12 @@ from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.datasets.archives import Entry, UploadLimits, iter_tar, iter_zip, sniff_format
 from cnnswarm.ml.datasets.base import ArrayDataset
 from cnnswarm.ml.datasets.images import decode_image, image_to_array, is_grayscale
-from cnnswarm.ml.datasets.stats import normalization_from, stratified_split
+from cnnswarm.ml.datasets.stats import (
+    content_key,
+    fair_order,
+    normalization_from,
+    stratified_split,
+)
 from cnnswarm.ml.datasets.upload_npz import import_npz, is_npz
 
 __all__ = ["IMAGE_EXTENSIONS", "UploadLimits", "import_upload", "validate_class_names"]
@@ -218,20 +230,28 @@ def _import_folders(entries: Iterable[Entry], name: str, limits: UploadLimits) -
     width, height = max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s[1], s[0]))
     if (len(used) * channels * height * width) > limits.max_array_bytes:
         raise InvalidInput(f"the dataset would take more than {limits.max_array_bytes} bytes")
+    del used
+    rows = {  # each image converted once, its decoded form dropped as it goes
+        p: image_to_array(images.pop(p), channels=channels, height=height, width=width)
+        for p in (*train_paths, *test_paths)
+    }
 
-    def to_array(paths: list[tuple[str, ...]]) -> np.ndarray:
+    def to_array(paths: list[tuple[str, ...]], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Rows are grouped by class so far; a slice [0, k) must sample every class.
+        order = fair_order(labels, [content_key(rows[p].tobytes()) for p in paths])
         out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
-        for i, p in enumerate(paths):
-            out[i] = image_to_array(images[p], channels=channels, height=height, width=width)
-        return out
+        for i, j in enumerate(order):
+            out[i] = rows.pop(paths[j])
+        return out, labels[order]
 
-    x_train = to_array(train_paths)
+    x_train, y_train = to_array(train_paths, y_train)
+    x_test, y_test = to_array(test_paths, y_test)
     return ArrayDataset(
         name=name,
         classes=classes,
         x_train=x_train,
         y_train=y_train,
-        x_test=to_array(test_paths),
+        x_test=x_test,
         y_test=y_test,
         normalization=normalization_from(x_train),
     )
