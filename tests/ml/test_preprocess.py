@@ -97,3 +97,73 @@ def test_cmyk_palette_and_alpha_become_rgb() -> None:
     assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1
     assert blue == [0.0, 0.0, 1.0]
     assert green == [0.0, 1.0, 0.0]
+
+
+def asymmetric_rgb(height: int, width: int) -> np.ndarray:
+    """Red only in a bright top-left corner, green rising left to right, blue top to bottom:
+    any flip, transpose or channel swap shows."""
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[: height // 3, : width // 3, 0] = 255
+    image[..., 1] = np.linspace(0, 255, width).round().astype(np.uint8)[np.newaxis, :]
+    image[..., 2] = np.linspace(0, 255, height).round().astype(np.uint8)[:, np.newaxis]
+    return image
+
+
+def unit(prep_channels: int, height: int, width: int) -> Preprocessing:
+    """A preprocessing that maps 0..255 to 0..1, so outputs read as pixel values / 255."""
+    zeros, ones = (0.0,) * prep_channels, (1.0,) * prep_channels
+    return Preprocessing(channels=prep_channels, height=height, width=width, mean=zeros, std=ones)
+
+
+@pytest.mark.parametrize(("height", "width"), [(24, 40), (10, 6), (16, 16)])
+def test_orientation_and_channel_order_survive_conversion(height: int, width: int) -> None:
+    """A non-square image resized to a non-square size keeps its top-left corner and its RGB
+    order, and matches Pillow's bilinear resize of the same image."""
+    source = asymmetric_rgb(30, 48)  # 48 wide, 30 high
+    out = images_to_tensor([encode(Image.fromarray(source))], unit(3, height, width))[0]
+    assert out.shape == (3, height, width)
+    red, green, blue = out
+    assert red[0, 0] > 0.9 and red[-1, -1] < 0.1 and red[0, -1] < 0.1 and red[-1, 0] < 0.1
+    assert (green[:, -1] > green[:, 0]).all() and (green[-1] - green[0]).abs().max() < 0.02
+    assert (blue[-1] > blue[0]).all() and (blue[:, -1] - blue[:, 0]).abs().max() < 0.02
+    reference = Image.fromarray(source).resize((width, height), Image.Resampling.BILINEAR)
+    expected = torch.from_numpy(np.asarray(reference).transpose(2, 0, 1).astype(np.float32))
+    torch.testing.assert_close(out, expected / 255.0, rtol=0, atol=1e-6)
+
+
+def test_grayscale_conversion_keeps_orientation_and_matches_pillow() -> None:
+    source = asymmetric_rgb(30, 48)
+    out = images_to_tensor([encode(Image.fromarray(source))], unit(1, 12, 20))[0, 0]
+    reference = Image.fromarray(source).convert("L").resize((20, 12), Image.Resampling.BILINEAR)
+    expected = torch.from_numpy(np.asarray(reference).astype(np.float32)) / 255.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # in luma, the red top-left corner is brighter than the blue bottom-left one
+    assert out[0, 0] > out[-1, 0] + 0.1
+
+
+def test_uploads_keep_orientation_and_resize_as_predict_does(tmp_path: Path) -> None:
+    """In an upload, the common size wins and an odd-sized image is resized like Pillow does;
+    each image keeps its corner and channel order."""
+    files = {
+        "a/0.png": encode(Image.fromarray(asymmetric_rgb(12, 20))),
+        "a/1.png": encode(Image.fromarray(asymmetric_rgb(12, 20)[:, ::-1].copy())),
+        "b/0.png": encode(Image.fromarray(asymmetric_rgb(30, 48))),  # resized to 12 x 20
+        "b/1.png": encode(Image.fromarray(asymmetric_rgb(12, 20)[::-1].copy())),
+    }
+    path = tmp_path / "u.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    ds = import_upload(path, tmp_path, name="u")
+    assert ds.input_shape == (3, 12, 20)
+    rows = np.concatenate([ds.x_train, ds.x_test])
+    resized = np.asarray(
+        Image.fromarray(asymmetric_rgb(30, 48)).resize((20, 12), Image.Resampling.BILINEAR)
+    ).transpose(2, 0, 1)
+    expected = [
+        asymmetric_rgb(12, 20).transpose(2, 0, 1),
+        asymmetric_rgb(12, 20)[:, ::-1].transpose(2, 0, 1),
+        resized,
+        asymmetric_rgb(12, 20)[::-1].transpose(2, 0, 1),
+    ]
+    assert sorted(r.tobytes() for r in rows) == sorted(e.tobytes() for e in expected)
