@@ -14,6 +14,7 @@ from cnnswarm.config import (
     Settings,
     check_token_policy,
     is_loopback_host,
+    load_client_settings,
     load_settings,
 )
 
@@ -85,3 +86,21 @@ def test_controller_beyond_loopback_without_a_token_exits_2(tmp_path: Path) -> N
     assert finished.returncode == 2, finished.stdout + finished.stderr
     assert "listening on 0.0.0.0 (beyond loopback) needs an API token" in finished.stderr
     assert "listening on http" not in finished.stdout
+
+
+def test_client_settings_read_the_token_as_the_servers_do(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert load_client_settings({}).url == "http://127.0.0.1:48515"
+    assert load_client_settings({"FLASK_CONTROLLER_PORT": "5000"}).url == "http://127.0.0.1:5000"
+    settings = load_client_settings(
+        {"CNN_SWARM_URL": "http://ctl:8080/", "CNN_SWARM_API_TOKEN_FILE": str(token_file)}
+    )
+    assert (settings.url, settings.api_token) == ("http://ctl:8080", "from-file")
+    assert "from-file" not in repr(settings)
+    both = {"CNN_SWARM_API_TOKEN": "from-env", "CNN_SWARM_API_TOKEN_FILE": str(token_file)}
+    assert load_client_settings(both).api_token == load_settings(both).api_token == "from-env"
+    with pytest.raises(ConfigError, match="CNN_SWARM_API_TOKEN_FILE"):
+        load_client_settings({"CNN_SWARM_API_TOKEN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="FLASK_CONTROLLER_PORT"):
+        load_client_settings({"FLASK_CONTROLLER_PORT": "http"})

@@ -1,6 +1,8 @@
 """The `cnn-swarm` command: serve a controller or trainer, run a local cluster, drive the API.
 
-Client commands talk to ``--url`` (or ``CNN_SWARM_URL``) through ``cnnswarm.client``. A server
+Client commands talk to ``--url`` through ``cnnswarm.client`` with ``--token``; without the
+flags they read ``cnnswarm.config.load_client_settings`` (``CNN_SWARM_URL``, and
+``CNN_SWARM_API_TOKEN`` or ``CNN_SWARM_API_TOKEN_FILE`` as the servers read them). A server
 error prints the server's message (``status exception: error``) to stderr and exits 1; bad
 settings exit 2; no command prints a traceback for an expected failure.
 """
@@ -15,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnswarm.client import DEFAULT_URL, Client, ClientError
-from cnnswarm.config import ConfigError, Settings, load_settings
+from cnnswarm.client import Client, ClientError
+from cnnswarm.config import ConfigError, Settings, load_client_settings, load_settings
 from cnnswarm.progress import ProgressBar, format_table, format_time, last_metrics
 
 Handler = Callable[[argparse.Namespace], int]
@@ -35,7 +37,10 @@ def _parse_opt(text: str) -> tuple[str, Any]:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, token=args.token or None)
+    """A client of the controller the flags name, else the one the environment names."""
+    flags = {"CNN_SWARM_URL": args.url, "CNN_SWARM_API_TOKEN": args.token}
+    settings = load_client_settings({**os.environ, **{k: v for k, v in flags.items() if v}})
+    return Client(settings.url, token=settings.api_token or None)
 
 
 def _emit_json(value: Any) -> None:
@@ -95,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         home=Path(args.home).expanduser() if args.home else settings.home_dir,
         host=args.host,
         url_file=args.url_file,
-        token=args.token,
+        token=args.token or "",
     )
 
 
@@ -260,7 +265,7 @@ DATASET_HEADERS = ["ID", "NAME", "CLASSES", "TRAIN", "TEST", "SHAPE", "DESCRIPTI
 def cmd_datasets(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.datasets_command == "upload":
-        dataset = client.upload_dataset(args.file, name=args.name)
+        dataset = client.upload_dataset(args.file, name=args.name or args.file.stem)
         if args.json:
             _emit_json(dataset)
         else:
@@ -310,12 +315,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for trainer in status.get("train_jobs") or []:
         jobs = trainer.get("jobs") or {}
         running = [job_id for job_id, job in jobs.items() if not job.get("complete")]
+        slots = trainer.get("slots")
         rows.append(
             [
                 trainer.get("url"),
                 trainer.get("trainer_id"),
-                trainer.get("free_slots"),
-                trainer.get("slots"),
+                # /status lists each trainer's slots and jobs; its free slots are the difference.
+                max(0, slots - len(running)) if isinstance(slots, int) else None,
+                slots,
                 ",".join(running) or None,
             ]
         )
@@ -339,11 +346,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser, role: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line of ``cnn-swarm``."""
     parser = argparse.ArgumentParser(prog="cnn-swarm", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="controller URL (env CNN_SWARM_URL)")
     parser.add_argument(
-        "--url", default=os.environ.get("CNN_SWARM_URL") or DEFAULT_URL, help="controller URL"
-    )
-    parser.add_argument(
-        "--token", default=os.environ.get("CNN_SWARM_API_TOKEN", ""), help="API token"
+        "--token", help="API token (env CNN_SWARM_API_TOKEN or CNN_SWARM_API_TOKEN_FILE)"
     )
     parser.add_argument("--json", action="store_true", help="print raw JSON answers")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, str] = {
     "SCHEDULER_INTERVAL_S": "0.5",
     "CNN_SWARM_API_TOKEN": "",
     "CNN_SWARM_API_TOKEN_FILE": "",
+    # Where the CLI's client commands go; empty means http://127.0.0.1:<FLASK_CONTROLLER_PORT>.
+    "CNN_SWARM_URL": "",
     # Serve beyond loopback without a token (a trusted network only).
     "CNN_SWARM_ALLOW_NO_TOKEN": "0",
     "MAX_UPLOAD_MB": "512",
@@ -211,6 +213,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gunicorn_threads=_int(env, "GUNICORN_THREADS", minimum=1),
         subnet_train=_get(env, "SUBNET_TRAIN"),
     )
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the CLI's client commands reach the controller, and the token they send."""
+
+    url: str
+    # Out of repr, as in ``Settings``.
+    api_token: str = field(default="", repr=False)
+
+
+def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:
+    """Read the CLI's settings from ``env`` (default: ``os.environ``): ``CNN_SWARM_URL`` (default:
+    the local controller on ``FLASK_CONTROLLER_PORT``) and the token as the servers read it
+    (``CNN_SWARM_API_TOKEN``, else the file named by ``CNN_SWARM_API_TOKEN_FILE``)."""
+    env = os.environ if env is None else env
+    url = _get(env, "CNN_SWARM_URL") or f"http://127.0.0.1:{_port(env, 'FLASK_CONTROLLER_PORT')}"
+    return ClientSettings(url=url.rstrip("/"), api_token=_token(env))
 
 
 def is_loopback_host(host: str) -> bool:
