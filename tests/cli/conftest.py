@@ -1,297 +1,150 @@
-"""A small real HTTP server speaking just enough of API v1 for the client and CLI tests.
+"""The real controller app for the client and CLI tests, served over real HTTP, and a trainer's
+side of the protocol played through the controller's real internal routes.
 
-Canned but realistic answers; it records what it received (headers, bodies, files) so tests can
-check how the client built its requests. Served by werkzeug in a thread on an ephemeral port.
+``LiveController`` is ``create_app(settings)`` (temp HOME_DIR, SQLite file) served by werkzeug in
+a thread on 127.0.0.1:<ephemeral>; it is shut down and its stores closed in ``finally``. Its
+scheduler thread does not run: ``TrainerSide`` registers a trainer by heartbeat, takes a queued
+job as the scheduler would (``claim`` in the job store), reports progress in heartbeats and
+publishes a real model file, so a job goes through its real states as fast as a test drives it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, Response, jsonify, request
-from werkzeug.serving import BaseWSGIServer, make_server
+import requests
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-CLASSES = ["plane", "car", "bird"]
-BUILTINS = [
-    {"id": "cifar10", "name": "cifar10", "classes": CLASSES, "num_train": 50000,
-     "num_test": 10000, "shape": [3, 32, 32]},
-    {"id": "digits", "name": "digits", "classes": [str(d) for d in range(10)],
-     "num_train": 1437, "num_test": 360, "shape": [1, 8, 8]},
-]  # fmt: skip
+from cnnswarm.config import Settings
+from cnnswarm.controller.app import create_app
+from cnnswarm.controller.context import ControllerContext
+from cnnswarm.ml.artifact import artifact_to_bytes
+from cnnswarm.ml.datasets.registry import load_builtin
+from cnnswarm.ml.train import train
+from support import digits_png, image_folder_zip
 
+TOKEN = "s3cret"
+TRAINER_ID = "t-1"
+# Where the played trainer says it listens: nothing does, and nothing dispatches to it.
+TRAINER_URL = "http://127.0.0.1:9"
 
-@dataclass
-class FakeState:
-    """What the fake server holds and what it has seen."""
-
-    token: str = ""
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    polls: dict[str, int] = field(default_factory=dict)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    # The events stream pauses after its first event until a test sets this.
-    release_stream: threading.Event = field(default_factory=threading.Event)
-    stream_pauses: bool = False
-    # Set when the pause ended by timeout: the client did not see the first event in time.
-    stream_wait_timed_out: bool = False
+StartResponse = Callable[..., Any]
 
 
-def _error(status: int, exception: str, error: str, field_name: str | None = None) -> Response:
-    body: dict[str, Any] = {"exception": exception, "error": error}
-    if field_name:
-        body["field"] = field_name
-    response = jsonify(body)
-    response.status_code = status
-    return response
+class _QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: Any) -> None:
+        """No access log: it would land in the captured stderr the CLI tests read."""
 
 
-def _job(job_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "state": "queued",
-        "dataset": body["dataset"],
-        "model_type": body.get("model_type") or "ResNet8",
-        "model_id": body.get("model_id") or f"model-{job_id}",
-        "train_opts": {"num_epochs": 2, **(body.get("train_opts") or {})},
-        "example_idxs": body.get("example_idxs"),
-        "progress": 0.0,
-        "epoch": None,
-        "metrics": [],
-        "trainer": None,
-        "attempt": 0,
-        "error": None,
-        "queue_position": 0,
-        "waiting_reason": "no free trainer slot",
-    }
+class LiveController:
+    """The real controller app on 127.0.0.1:<ephemeral> until ``stop()``.
 
+    ``requests`` lists each request's ``(method, path)``. With ``refuse_events`` the job event
+    streams answer 404, as behind a proxy that does not pass streams through.
+    """
 
-def _advance(job: dict[str, Any], step: int) -> dict[str, Any]:
-    """The job as it looks after ``step`` updates: running epoch 1, 2, then succeeded."""
-    job = dict(job)
-    epochs = [
-        {"epoch": 1, "train_loss": 1.9, "train_accuracy": 0.31, "test_accuracy": 0.35},
-        {"epoch": 2, "train_loss": 1.2, "train_accuracy": 0.58, "test_accuracy": 0.61},
-    ]
-    if step >= 1:
-        job.update(state="running", trainer="http://127.0.0.1:1", attempt=1, epoch=1,
-                   progress=0.25, queue_position=None, waiting_reason=None)  # fmt: skip
-    if step >= 2:
-        job.update(epoch=2, progress=0.75, metrics=epochs[:1])
-    if step >= 3:
-        job.update(state="succeeded", progress=1.0, metrics=epochs)
-    return job
-
-
-def create_fake_app(state: FakeState) -> Flask:
-    """The fake controller's routes."""
-    app = Flask("fake_controller")
-
-    @app.before_request
-    def record_and_authenticate() -> Response | None:
-        state.requests.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "headers": dict(request.headers),
-                "args": request.args.to_dict(),
-            }
-        )
-        authorized = request.headers.get("Authorization") == f"Bearer {state.token}"
-        if state.token and request.path.startswith("/api/") and not authorized:
-            return _error(401, "Unauthorized", "missing or wrong API token")
-        return None
-
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    def readyz() -> Any:
-        return {"ready": True}
-
-    @app.get("/status")
-    def status() -> Any:
-        return {
-            "train_jobs": [
-                {"url": "http://10.0.0.2:48516/", "trainer_id": "t-1", "slots": 1,
-                 "free_slots": 0, "jobs": {"j-1": {"duration": 3.0, "progress": 40,
-                                                   "complete": False}}},
-            ],
-            "queued": 2,
-            "job_counts": {"queued": 2, "running": 1},
-        }  # fmt: skip
-
-    @app.post("/api/v1/datasets")
-    def upload_dataset() -> Any:
-        upload = request.files.get("file")
-        if upload is None:
-            return _error(400, "InvalidInputArg", "send the dataset as multipart 'file'", "file")
-        content = upload.read()
-        state.requests[-1]["upload"] = {"filename": upload.filename, "size": len(content),
-                                        "name": request.form.get("name")}  # fmt: skip
-        name = request.form.get("name") or (upload.filename or "upload").split(".")[0]
-        record = {"id": f"ds-{name}", "name": name, "classes": ["cat", "dog"],
-                  "num_train": 8, "num_test": 2, "shape": [3, 16, 16]}  # fmt: skip
-        return record, 201
-
-    @app.get("/api/v1/datasets")
-    def list_datasets() -> Any:
-        return {"datasets": BUILTINS}
-
-    @app.get("/api/v1/datasets/<dataset_id>")
-    def get_dataset(dataset_id: str) -> Any:
-        for dataset in BUILTINS:
-            if dataset["id"] == dataset_id:
-                return dataset
-        return _error(404, "NotFound", f"no dataset {dataset_id!r}")
-
-    @app.delete("/api/v1/datasets/<dataset_id>")
-    def delete_dataset(dataset_id: str) -> Any:
-        return "", 204
-
-    @app.post("/api/v1/jobs")
-    def submit_job() -> Any:
-        body = request.get_json()
-        state.requests[-1]["json"] = body
-        unknown = set(body.get("train_opts") or {}) - {"num_epochs", "lr", "batch_size"}
-        if unknown:
-            key = sorted(unknown)[0]
-            return _error(400, "InvalidInputArg", f"unknown train option {key!r}",
-                          f"train_opts.{key}")  # fmt: skip
-        job_id = f"job-{len(state.jobs) + 1}"
-        if body.get("model_id") == "nostream":
-            job_id = "nostream"
-        state.jobs[job_id] = _job(job_id, body)
-        return state.jobs[job_id], 202
-
-    @app.get("/api/v1/jobs")
-    def list_jobs() -> Any:
-        wanted = request.args.get("state")
-        return {"jobs": [j for j in state.jobs.values() if not wanted or j["state"] == wanted]}
-
-    @app.get("/api/v1/jobs/<job_id>")
-    def get_job(job_id: str) -> Any:
-        if job_id not in state.jobs:
-            return _error(404, "NotFound", f"no job {job_id!r}")
-        state.polls[job_id] = state.polls.get(job_id, 0) + 1
-        return _advance(state.jobs[job_id], state.polls[job_id])
-
-    @app.post("/api/v1/jobs/<job_id>/cancel")
-    def cancel_job(job_id: str) -> Any:
-        if job_id not in state.jobs:
-            return _error(404, "NotFound", f"no job {job_id!r}")
-        state.jobs[job_id]["state"] = "cancelled"
-        return state.jobs[job_id]
-
-    @app.get("/api/v1/jobs/<job_id>/events")
-    def job_events(job_id: str) -> Any:
-        if job_id == "nostream":
-            return _error(404, "NotFound", "no such route")
-        if job_id not in state.jobs:
-            return _error(404, "NotFound", f"no job {job_id!r}")
-        base = state.jobs[job_id]
-
-        def stream() -> Iterator[str]:
-            import json
-
-            yield ": keep-alive\n\n"
-            yield f"event: progress\ndata: {json.dumps(_advance(base, 1))}\n\n"
-            if state.stream_pauses and not state.release_stream.wait(timeout=5):
-                state.stream_wait_timed_out = True
-            # A multi-line data field, CRLF endings and an id line, as SSE allows.
-            text = json.dumps(_advance(base, 2), indent=1).replace("\n", "\r\ndata: ")
-            yield f"id: 2\r\nevent: progress\r\ndata: {text}\r\n\r\n"
-            yield "event: progress\ndata: not json\n\n"
-            yield f"event: end\ndata: {json.dumps(_advance(base, 3))}\n\n"
-
-        return Response(stream(), mimetype="text/event-stream")
-
-    @app.get("/api/v1/models")
-    def list_models() -> Any:
-        return {"models": [{"id": "m-1", "model_type": "ResNet8", "dataset": "cifar10",
-                            "classes": CLASSES, "aliases": ["prod"], "created": 1700000000.5,
-                            "metrics": [{"epoch": 1, "test_accuracy": 0.61}]}]}  # fmt: skip
-
-    @app.get("/api/v1/models/<model_id>")
-    def get_model(model_id: str) -> Any:
-        if model_id not in ("m-1", "prod"):
-            return _error(404, "NotFound", f"no model or alias {model_id!r}")
-        return {"id": "m-1", "model_type": "ResNet8", "classes": CLASSES}
-
-    @app.delete("/api/v1/models/<model_id>")
-    def delete_model(model_id: str) -> Any:
-        return {"deleted": model_id}
-
-    @app.put("/api/v1/aliases/<alias>")
-    def set_alias(alias: str) -> Any:
-        body = request.get_json()
-        state.requests[-1]["json"] = body
-        return {"alias": alias, "model_id": body["model_id"]}
-
-    @app.post("/api/v1/models/<model_id>/predict")
-    def predict(model_id: str) -> Any:
-        if model_id not in ("m-1", "prod"):
-            return _error(404, "NotFound", f"no model or alias {model_id!r}")
-        top_k = int(request.args.get("top_k", "1"))
-        if request.files:
-            files = request.files.getlist("files")
-            names = [f.filename for f in files]
-            payloads = [f.read() for f in files]
-            state.requests[-1]["files"] = names
-        else:
-            body = request.get_json()
-            state.requests[-1]["json"] = body
-            payloads = body.get("instances") or body.get("examples")
-        for index, payload in enumerate(payloads):
-            if payload == b"not an image":
-                return _error(400, "InvalidInputArg", f"files[{index}] is not an image",
-                              f"files[{index}]")  # fmt: skip
-        predictions = []
-        for index in range(len(payloads)):
-            ranked = [
-                {"class_idx": (index + r) % 3, "class_tag": CLASSES[(index + r) % 3],
-                 "probability": round(0.7 / (r + 1), 4)}
-                for r in range(top_k)
-            ]  # fmt: skip
-            predictions.append({**ranked[0], "top_k": ranked})
-        return {"predictions": predictions}
-
-    @app.get("/api/v1/trainers")
-    def trainers() -> Any:
-        return {"trainers": [{"url": "http://10.0.0.2:48516", "state": "alive", "slots": 1}]}
-
-    return app
-
-
-class FakeController:
-    """The fake app served on 127.0.0.1:<ephemeral> until ``stop()``."""
-
-    def __init__(self, token: str = "") -> None:
-        self.state = FakeState(token=token)
+    def __init__(self, home: Path, token: str = "", refuse_events: bool = False) -> None:
+        self.app = create_app(Settings(home_dir=home, api_token=token, lease_timeout_s=60.0))
+        self.context: ControllerContext = self.app.extensions["cnnswarm"]
+        self.token = token
+        self.refuse_events = refuse_events
+        self.requests: list[tuple[str, str]] = []
         self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, create_fake_app(self.state), threaded=True
+            "127.0.0.1", 0, self._serve, threaded=True, request_handler=_QuietHandler
         )
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        path = str(environ.get("PATH_INFO", ""))
+        self.requests.append((str(environ.get("REQUEST_METHOD")), path))
+        if self.refuse_events and path.endswith("/events"):
+            start_response("404 NOT FOUND", [("Content-Type", "text/plain")])
+            return [b"no event streams here"]
+        return self.app(environ, start_response)
+
     def stop(self) -> None:
-        self.state.release_stream.set()
-        self.server.shutdown()
-        self.thread.join(timeout=5)
+        """Stop serving and close the stores (idempotent)."""
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.thread.join(timeout=10)
+            self.server.server_close()
+            self.context.stores.close()
 
-    def last(self, path: str) -> dict[str, Any]:
-        """The most recent recorded request to ``path``."""
-        return next(r for r in reversed(self.state.requests) if r["path"] == path)
+
+class TrainerSide:
+    """A trainer's calls to the controller, made by the test over HTTP."""
+
+    def __init__(self, controller: LiveController, token: str = "") -> None:
+        self.controller = controller
+        self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+        self.reports: dict[str, dict[str, Any]] = {}  # running job id -> its last report
+
+    def heartbeat(self) -> None:
+        """Register or renew this trainer (one slot) and the leases of its running jobs."""
+        body = {
+            "trainer_id": TRAINER_ID,
+            "url": TRAINER_URL,
+            "slots": 1,
+            "jobs": list(self.reports.values()),
+        }
+        answer = self.http.post(f"{self.controller.url}/internal/v1/heartbeat", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["drop"] == [], answer.json()
+
+    def take(self, job_id: str) -> None:
+        """Start a queued job on this trainer, as the scheduler would (attempt 1)."""
+        jobs = self.controller.context.stores.jobs
+        claimed = jobs.claim(jobs.get(job_id), TRAINER_ID, lease_s=60.0)
+        assert claimed is not None and claimed.attempt == 1, f"job {job_id} was not queued"
+        self.reports[job_id] = {"job_id": job_id, "attempt": 1, "progress": 0.0, "epoch": 0}
+
+    def report(self, job_id: str, progress: float, epoch: int, metrics: list[Any]) -> None:
+        """A heartbeat with the job's progress and its metrics so far."""
+        self.reports[job_id].update(progress=progress, epoch=epoch, metrics=metrics)
+        self.heartbeat()
+
+    def publish(self, job_id: str, model_file: bytes) -> None:
+        """The job's result: its model file (the job succeeds)."""
+        answer = self.http.post(
+            f"{self.controller.url}/internal/v1/jobs/{job_id}/result?attempt=1", data=model_file
+        )
+        assert answer.status_code == 200, answer.text
+        del self.reports[job_id]
+
+    def run(self, job_id: str, model_file: bytes, metrics: list[Any]) -> None:
+        """Take the job, report its first epoch, publish its model."""
+        self.take(job_id)
+        self.report(job_id, 0.5, 1, metrics[:1])
+        self.publish(job_id, model_file)
+
+
+class DigitsModel:
+    """A SmallConvNet trained two epochs on digits: its model file and per-epoch metrics."""
+
+    def __init__(self, model_file: bytes, metrics: list[dict[str, Any]]) -> None:
+        self.file = model_file
+        self.metrics = metrics
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> DigitsModel:
+    dataset = load_builtin("digits", tmp_path_factory.mktemp("digits"))
+    result = train("SmallConvNet", dataset, {"num_epochs": 2, "seed": 0}, threads=1)
+    return DigitsModel(artifact_to_bytes(result.artifact), result.metrics)
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeController]:
-    """A fake controller without a token."""
-    server = FakeController()
+def controller(tmp_path: Path) -> Iterator[LiveController]:
+    """The real controller app without a token."""
+    server = LiveController(tmp_path / "home")
     try:
         yield server
     finally:
@@ -299,10 +152,75 @@ def fake() -> Iterator[FakeController]:
 
 
 @pytest.fixture
-def fake_with_token() -> Iterator[FakeController]:
-    """A fake controller that demands ``Bearer s3cret`` on /api routes."""
-    server = FakeController(token="s3cret")
+def guarded_controller(tmp_path: Path) -> Iterator[LiveController]:
+    """The real controller app that demands ``Bearer s3cret`` on every write."""
+    server = LiveController(tmp_path / "home", token=TOKEN)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def streamless_controller(tmp_path: Path) -> Iterator[LiveController]:
+    """The real controller app whose job event streams are refused (404)."""
+    server = LiveController(tmp_path / "home", refuse_events=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _registered(controller: LiveController) -> TrainerSide:
+    side = TrainerSide(controller, token=TOKEN if controller.token else "")
+    side.heartbeat()
+    return side
+
+
+@pytest.fixture
+def trainer(controller: LiveController) -> TrainerSide:
+    """A registered trainer with one free slot."""
+    return _registered(controller)
+
+
+@pytest.fixture
+def trainer_for() -> Callable[[LiveController], TrainerSide]:
+    """Registers a trainer with one free slot on the controller it is given."""
+    return _registered
+
+
+@pytest.fixture
+def published(controller: LiveController, trainer: TrainerSide, digits_model: DigitsModel) -> str:
+    """Model ``m-1`` (digits, 10 classes) trained by a job, with alias ``prod``."""
+    answer = requests.post(
+        f"{controller.url}/api/v1/jobs", json={"dataset": "digits", "model_id": "m-1"}, timeout=10
+    )
+    assert answer.status_code == 202, answer.text
+    trainer.run(answer.json()["id"], digits_model.file, digits_model.metrics)
+    answer = requests.put(
+        f"{controller.url}/api/v1/aliases/prod", json={"model_id": "m-1"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    return "m-1"
+
+
+@pytest.fixture
+def digit_files(tmp_path: Path) -> list[tuple[Path, int]]:
+    """Four digit PNG files (scikit-learn's digits 0-3) and their labels."""
+    files = []
+    for index in range(4):
+        data, label = digits_png(index)
+        path = tmp_path / f"digit-{index}.png"
+        path.write_bytes(data)
+        files.append((path, label))
+    return files
+
+
+@pytest.fixture
+def pets_zip(tmp_path: Path) -> Path:
+    """An image-folder zip of two classes, six 8x8 images each."""
+    path = tmp_path / "pets.zip"
+    cats = [digits_png(i)[0] for i in range(6)]
+    dogs = [digits_png(i)[0] for i in range(6, 12)]
+    path.write_bytes(image_folder_zip({"cat": cats, "dog": dogs}))
+    return path
