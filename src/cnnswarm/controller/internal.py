@@ -18,6 +18,7 @@ from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
 from cnnswarm.store.artifacts import check_id
+from cnnswarm.store.catalog import model_row
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
@@ -142,20 +143,20 @@ def post_result(job_id: str) -> dict[str, Any]:
     artifact = artifact_from_bytes(data)
     path = context.stores.artifacts.model_path(job.model_id, attempt)
     write_atomic(path, data)
-    model_row = {
-        "id": job.model_id,
-        "job_id": job.id,
-        "model_type": artifact.model_type,
-        "dataset": job.dataset,
-        "classes": artifact.classes,
-        "metrics": artifact.metrics,
-        "train_opts": job.train_opts,
-        "example_idxs": job.example_idxs,
-        "preprocessing": artifact.preprocessing,
-        "filename": str(path.relative_to(context.stores.artifacts.root)),
-    }
+    row = model_row(
+        job.model_id,
+        job_id=job.id,
+        model_type=artifact.model_type,
+        dataset=job.dataset,
+        classes=artifact.classes,
+        metrics=artifact.metrics,
+        train_opts=job.train_opts,
+        example_idxs=job.example_idxs,
+        preprocessing=artifact.preprocessing,
+        filename=str(path.relative_to(context.stores.artifacts.root)),
+    )
     try:
-        done = context.stores.jobs.complete(job_id, attempt, model_row)
+        done = context.stores.jobs.complete(job_id, attempt, row)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -106,6 +107,17 @@ class ArtifactStore:
         return self._inside(
             "torch_models", check_id(model_id, "model_id"), f"attempt-{attempt}.pth"
         )
+
+    def imported_model_path(self, model_id: str) -> Path:
+        """A fresh, unique name for an imported model's file: an import that loses the race
+        for its id never touches a file another model or job wrote."""
+        return self._inside(
+            "torch_models", check_id(model_id, "model_id"), f"imported-{uuid.uuid4().hex[:12]}.pth"
+        )
+
+    def model_file(self, filename: str) -> Path:
+        """The file a ``models`` row names (``filename`` relative to ``HOME_DIR``)."""
+        return self._inside(*Path(filename).parts)
 
     def remove_model_files(self, model_id: str) -> None:
         """Delete every file of a model."""

@@ -1,8 +1,10 @@
 """Models, aliases and uploaded datasets in the database.
 
-A model row is inserted by ``JobStore.complete`` in the same transaction that marks its job
-succeeded; this module reads, names and deletes them. Aliases resolve anywhere a model id is
-taken.
+A model row is built by ``model_row`` and written by ``insert_model`` only: by
+``JobStore.complete`` in the same transaction that marks its job succeeded, or by
+``Catalog.add_model`` for an imported file, which reserves the id in the same transaction (so
+an import and a job never publish under one id). This module also reads, names and deletes
+them. Aliases resolve anywhere a model id is taken.
 """
 
 from __future__ import annotations
@@ -10,11 +12,46 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cnnswarm.errors import Conflict, NotFound
 from cnnswarm.store import db
+
+
+def model_row(
+    model_id: str,
+    *,
+    job_id: str | None,
+    model_type: str,
+    dataset: str,
+    classes: list[str],
+    metrics: list[dict[str, Any]],
+    train_opts: dict[str, Any],
+    example_idxs: list[int] | None,
+    preprocessing: dict[str, Any],
+    filename: str,
+) -> dict[str, Any]:
+    """A ``models`` row (``job_id`` None for an imported model; ``filename`` relative to
+    ``HOME_DIR``)."""
+    return {
+        "id": model_id,
+        "job_id": job_id,
+        "model_type": model_type,
+        "dataset": dataset,
+        "classes": classes,
+        "metrics": metrics,
+        "train_opts": train_opts,
+        "example_idxs": example_idxs,
+        "preprocessing": preprocessing,
+        "filename": filename,
+    }
+
+
+def insert_model(conn: Connection, row: Mapping[str, Any], created_at: float) -> None:
+    """Write a ``model_row`` in the caller's transaction (the one place a model row is
+    inserted)."""
+    conn.execute(insert(db.models).values(**row, created_at=created_at))
 
 
 def model_to_json(row: Mapping[str, Any], aliases: list[str] | None = None) -> dict[str, Any]:
@@ -79,6 +116,34 @@ class Catalog:
         if row is None:
             raise NotFound(f"alias {id_or_alias!r} points to deleted model {model_id!r}")
         return dict(row._mapping)
+
+    def check_model_id_free(self, model_id: str) -> None:
+        """``Conflict`` when ``model_id`` is a model's, a live job's or an alias; a cheap early
+        answer (``add_model`` is what enforces it)."""
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                select(db.model_ids.c.model_id).where(db.model_ids.c.model_id == model_id)
+            ).first()
+            alias = conn.execute(
+                select(db.aliases.c.alias).where(db.aliases.c.alias == model_id)
+            ).first()
+        if taken is not None:
+            raise model_id_taken(model_id)
+        if alias is not None:
+            raise Conflict(
+                f"{model_id!r} is an alias; a model id cannot shadow it", field="model_id"
+            )
+
+    def add_model(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Reserve the row's id and insert the row (an imported model) in one transaction;
+        ``Conflict`` when the id is already used by a model or a job."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(db.model_ids).values(model_id=row["id"], job_id=None))
+                insert_model(conn, row, db.now())
+        except IntegrityError:
+            raise model_id_taken(str(row["id"])) from None
+        return self.get_model(str(row["id"]))
 
     def list_models(self) -> list[Mapping[str, Any]]:
         """All models, oldest first."""
@@ -152,3 +217,12 @@ class Catalog:
         with self.engine.begin() as conn:
             conn.execute(delete(db.datasets).where(db.datasets.c.id == dataset_id))
         return row
+
+
+def model_id_taken(model_id: str) -> Conflict:
+    """The error for a model id already used by a job or a model (submit and import)."""
+    return Conflict(
+        f"model_id {model_id!r} is already used by another job or model; "
+        "choose another id or delete that model",
+        field="model_id",
+    )

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cnnswarm.errors import Conflict, NotFound, StaleAttempt, Unprocessable
 from cnnswarm.store import db
+from cnnswarm.store.catalog import insert_model, model_id_taken
 from cnnswarm.store.job_records import Job, JobSpec, JobState, job_to_json, new_job_id
 
 __all__ = ["Job", "JobSpec", "JobState", "JobStore", "job_to_json"]
@@ -83,11 +84,7 @@ class JobStore:
                 existing = self._by_idempotency_key(idempotency_key)
                 if existing is not None:
                     return self._check_replay(existing, idempotency_key, fingerprint), False
-            raise Conflict(
-                f"model_id {spec.model_id!r} is already used by another job or model; "
-                "choose another id or delete that model",
-                field="model_id",
-            ) from None
+            raise model_id_taken(spec.model_id) from None
         return self.get(job_id), True
 
     def _by_idempotency_key(self, key: str) -> Mapping[str, Any] | None:
@@ -322,7 +319,7 @@ class JobStore:
             )
             owned = result.rowcount == 1
             if owned:
-                conn.execute(insert(db.models).values(**model_row, created_at=ts))
+                insert_model(conn, model_row, ts)
         if not owned:
             raise self._stale(job_id, attempt)
         return self.get(job_id)
