@@ -65,6 +65,8 @@ class ModelArtifact:
     dataset: dict[str, Any] = field(default_factory=dict)  # ArrayDataset.info()
     train_opts: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # True when read from a bare seed state dict (its metadata above is the seed's defaults).
+    from_seed: bool = field(default=False, compare=False)
 
     def metadata(self) -> dict[str, Any]:
         """Everything except the weights, JSON-ready."""
@@ -110,6 +112,7 @@ def _seed_artifact(state_dict: dict[str, torch.Tensor]) -> ModelArtifact:
         preprocessing=dict(SEED_PREPROCESSING),
         dataset={"name": "cifar10"},
         state_dict=state_dict,
+        from_seed=True,
     )
 
 

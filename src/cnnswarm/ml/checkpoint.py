@@ -29,7 +29,20 @@ def load_weights_only(source: BinaryIO | Path, what: str) -> Any:
     except FileNotFoundError:
         raise
     except Exception as exc:  # torch raises many kinds for a bad or hostile file
-        raise InvalidInput(f"{what} is not a readable weights-only torch file: {exc}") from exc
+        raise InvalidInput(
+            f"{what} is not a readable weights-only torch file ({_refusal_reason(exc)})"
+        ) from exc
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The gist of torch's refusal: its unpickler's one-line reason, without the advice to
+    load with ``weights_only=False`` (never an option for a file from a user)."""
+    text = str(exc)
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    if marker:
+        text = detail.split("Check the documentation")[0]
+    first_sentence = " ".join(text.split()).split(". ")[0]
+    return first_sentence[:300] or type(exc).__name__
 
 
 def checkpoint_to_bytes(ckpt: dict[str, Any]) -> bytes:
