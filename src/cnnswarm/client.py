@@ -300,6 +300,53 @@ class Client:
         result: dict[str, Any] = self._json("DELETE", f"/api/v1/models/{model_id}")
         return result
 
+    def import_model(
+        self,
+        path: str | Path,
+        model_id: str,
+        classes: Sequence[str] | None = None,
+        dataset: str | None = None,
+        example_idxs: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Import a model file (a seed ``.pth`` or a cnn-swarm model file) as ``model_id``;
+        return its record, with ``recalibration`` (dataset, rows, images) when the server
+        recalibrated its batch norms. ``classes`` names a seed file's outputs; ``dataset`` and
+        ``example_idxs`` the data it was trained on."""
+        path = Path(path)
+        data: dict[str, str] = {"id": model_id}
+        if classes is not None:
+            data["classes"] = json.dumps(list(classes))
+        if dataset is not None:
+            data["dataset"] = dataset
+        if example_idxs is not None:
+            data["example_idxs"] = json.dumps(list(example_idxs))
+        with path.open("rb") as stream:
+            files = {"file": (path.name, stream, "application/octet-stream")}
+            # Recalibration runs over up to 10,000 training images: no read timeout.
+            result: dict[str, Any] = self._json(
+                "POST", "/api/v1/models", files=files, data=data, timeout=(self.timeout, None)
+            )
+        return result
+
+    def download_model(self, model_id: str, path: str | Path, torchscript: bool = False) -> Path:
+        """Save the model's cnn-swarm model file (or, with ``torchscript``, a frozen TorchScript
+        export) at ``path``, replacing it only once the download is complete."""
+        path = Path(path)
+        route = "torchscript" if torchscript else "file"
+        response = self._send("GET", f"/api/v1/models/{model_id}/{route}", stream=True)
+        partial = path.with_name(f".{path.name}.part")
+        try:
+            with partial.open("wb") as out:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    out.write(chunk)
+            partial.replace(path)
+        except requests.RequestException as exc:
+            raise ClientError(0, None, f"download of model {model_id} broke: {exc}") from exc
+        finally:
+            response.close()
+            partial.unlink(missing_ok=True)
+        return path
+
     def set_alias(self, alias: str, model_id: str) -> dict[str, Any]:
         """Point ``alias`` at ``model_id`` (creating or moving it)."""
         result: dict[str, Any] = self._json(
