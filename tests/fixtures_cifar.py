@@ -78,14 +78,19 @@ def make_batch(
 ) -> tuple[dict[bytes, Any], np.ndarray]:
     """A batch dict with bytes keys and its images as (n, 3, 32, 32) for checking."""
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-    labels = [int(v) for v in np.arange(n) % 10]
-    batch = {
+    labels = np.arange(n) % 10
+    return batch_of(data.reshape(n, 3, 32, 32), labels, batch_label), data.reshape(n, 3, 32, 32)
+
+
+def batch_of(x: np.ndarray, labels: np.ndarray, batch_label: str) -> dict[bytes, Any]:
+    """The official batch dict for uint8 images ``(n, 3, 32, 32)`` and their labels."""
+    n = len(x)
+    return {
         b"batch_label": batch_label.encode(),
-        b"labels": labels,
-        b"data": data,
+        b"labels": [int(v) for v in labels],
+        b"data": np.ascontiguousarray(x.reshape(n, 3072), dtype=np.uint8),
         b"filenames": [f"img_{i:05d}.png".encode() for i in range(n)],
     }
-    return batch, data.reshape(n, 3, 32, 32)
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -141,3 +146,31 @@ def write_cifar10_archive(
         "y_test": np.asarray(test[b"labels"], dtype=np.int64),
         "classes": LABEL_NAMES,
     }
+
+
+def write_cifar10_arrays(
+    path: Path,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    label_names: list[str],
+) -> None:
+    """Write the given images (uint8 ``(N, 3, 32, 32)``) as an official-format archive at
+    ``path``: the training images split over the five batches in order, then the test batch."""
+    members: dict[str, bytes] = {}
+    for i, rows in enumerate(np.array_split(np.arange(len(x_train)), 5), start=1):
+        batch = batch_of(x_train[rows], y_train[rows], f"training batch {i} of 5")
+        members[f"data_batch_{i}"] = py2_pickle(batch)
+    members["test_batch"] = py2_pickle(batch_of(x_test, y_test, "testing batch 1 of 1"))
+    members["batches.meta"] = py2_pickle(
+        {
+            b"num_cases_per_batch": int(np.ceil(len(x_train) / 5)),
+            b"label_names": [n.encode() for n in label_names],
+            b"num_vis": 3072,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ["batches.meta", *TRAIN_BATCHES, "test_batch"]:
+            _add(tar, f"cifar-10-batches-py/{name}", members[name])

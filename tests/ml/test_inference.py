@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
-from cnnswarm.ml.inference import fold_batch_norms
+from cnnswarm.ml.inference import count_batch_norms, fold_batch_norms
 from cnnswarm.ml.models import build_model
+from cnnswarm.ml.seed_model import FoldedNNConvResNetRGB, TiedBatchNorm2d
 
 torch.set_num_threads(1)
 
 
 def _trained_looking(model: nn.Module) -> nn.Module:
-    """``model`` in eval mode with batch-norm statistics far from their initial values, so a
-    wrong fold shows in the outputs."""
+    """``model`` in eval mode with batch-norm statistics (per call site too) far from their
+    initial values, so a wrong fold shows in the outputs."""
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -23,14 +24,26 @@ def _trained_looking(model: nn.Module) -> nn.Module:
             module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+        if isinstance(module, TiedBatchNorm2d):
+            shape = module.site_running_mean.shape
+            module.site_running_mean.copy_(torch.rand(shape, generator=generator) * 2 - 1)
+            module.site_running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+            module.site_batches_tracked.fill_(1)
     return model.eval()
 
 
-@pytest.mark.parametrize(
-    ("model_type", "channels", "size"), [("ResNet8", 3, 32), ("SmallConvNet", 1, 8)]
-)
-def test_folded_model_has_no_batch_norms_and_the_same_outputs(
-    model_type: str, channels: int, size: int
+EVERY_MODEL = [
+    ("NNConvResNetRGB", 3, 32, FoldedNNConvResNetRGB),
+    ("ResNet8", 3, 32, fx.GraphModule),
+    ("ResNet20", 3, 32, fx.GraphModule),
+    ("SmallConvNet", 1, 8, fx.GraphModule),
+    ("SmallConvNet", 3, 32, fx.GraphModule),
+]
+
+
+@pytest.mark.parametrize(("model_type", "channels", "size", "served_type"), EVERY_MODEL)
+def test_every_model_type_folds_completely_with_the_same_outputs(
+    model_type: str, channels: int, size: int, served_type: type[nn.Module]
 ) -> None:
     model = _trained_looking(
         build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
@@ -38,9 +51,10 @@ def test_folded_model_has_no_batch_norms_and_the_same_outputs(
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batch_norms(model, torch.randn(2, channels, size, size))
 
-    assert folded is not model
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    # The folded copy is served, not the fallback: no batch norm is left to run.
+    assert isinstance(folded, served_type) and folded is not model
+    assert count_batch_norms(folded) == 0
+    assert count_batch_norms(model) > 0
     for batch in (1, 5, 17):  # batch sizes other than the sample's
         x = torch.randn(batch, channels, size, size)
         with torch.inference_mode():
@@ -49,17 +63,23 @@ def test_folded_model_has_no_batch_norms_and_the_same_outputs(
         assert torch.equal(value, before[key]), key
 
 
-def test_tied_convolutions_are_left_alone() -> None:
-    """The seed's network calls one convolution several times, before different batch norms;
-    folding a norm into it would break the other calls, so those stay as they are."""
+@pytest.mark.parametrize(("model_type", "channels", "size", "served_type"), EVERY_MODEL)
+def test_a_prediction_does_not_depend_on_the_rest_of_its_batch(
+    model_type: str, channels: int, size: int, served_type: type[nn.Module]
+) -> None:
     model = _trained_looking(
-        build_model("NNConvResNetRGB", in_channels=3, height=32, width=32, num_classes=10)
+        build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
     )
-    x = torch.randn(3, 3, 32, 32)
-    with torch.inference_mode():
-        expected = model(x)
-        served = fold_batch_norms(model, torch.randn(2, 3, 32, 32))
-        torch.testing.assert_close(served(x), expected, rtol=1e-4, atol=1e-5)
+    served = fold_batch_norms(model, torch.randn(2, channels, size, size))
+    batch = torch.randn(64, channels, size, size)
+    others = torch.randn(64, channels, size, size) * 3 + 1  # a very different crowd
+    for net in (model, served):
+        with torch.inference_mode():
+            alone = torch.softmax(net(batch[:1]), 1)
+            in_its_batch = torch.softmax(net(batch), 1)[:1]
+            among_others = torch.softmax(net(torch.cat([others[:20], batch[:1]])), 1)[-1:]
+        torch.testing.assert_close(in_its_batch, alone, rtol=0, atol=1e-5)
+        torch.testing.assert_close(among_others, alone, rtol=0, atol=1e-5)
 
 
 def test_untraceable_model_is_served_as_is() -> None:

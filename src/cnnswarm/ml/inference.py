@@ -4,7 +4,11 @@ In eval mode a ``BatchNorm2d`` right after a ``Conv2d`` is an affine map per cha
 be folded into that convolution's weights and bias once, at load time: the served model gives
 the same outputs (up to float rounding) with one op and one module call fewer per pair. The
 pass works on the model's ``torch.fx`` graph and leaves a convolution alone when its output has
-other users or the module is called more than once (tied weights, as in the seed's network).
+other users or the module is called more than once. The seed's network, whose convs and norms
+are tied, folds itself (``NNConvResNetRGB.folded``: one conv per call site).
+
+Every registered model type folds completely (``count_batch_norms`` of the result is 0, tested
+for each); the unfolded fallback exists for models this pass cannot trace, and is logged.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections import Counter
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from cnnswarm.ml.seed_model import NNConvResNetRGB
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     modified beyond ``eval()``."""
     model.eval()
     try:
-        folded = _fold(model)
+        folded = model.folded() if isinstance(model, NNConvResNetRGB) else _fold(model)
     except Exception as exc:  # fx cannot trace data-dependent control flow; serve as is
         log.info("serving %s unfolded (%s)", type(model).__name__, exc)
         return model
@@ -46,6 +52,11 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor) -> nn.Module:
         log.warning("serving %s unfolded: the folded copy disagrees", type(model).__name__)
         return model
     return folded
+
+
+def count_batch_norms(model: nn.Module) -> int:
+    """How many batch-norm modules ``model`` still runs (0 once fully folded)."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _fold(model: nn.Module) -> fx.GraphModule | None:

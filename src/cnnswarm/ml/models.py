@@ -5,17 +5,17 @@ dataset's shape against it before anything is allocated, so a mismatch is a 400 
 field, not a shape error deep inside ``forward``.
 
 - ``NNConvResNetRGB``: the seed's network, attribute for attribute, so a ``.pth`` the seed
-  trained loads with ``load_state_dict(strict=True)``. 3x32x32 input only.
+  trained loads with ``load_state_dict(strict=True)``. 3x32x32 input only. Its tied batch
+  norm keeps statistics per call site (``cnnswarm.ml.seed_model`` says why).
 - ``ResNet8`` / ``ResNet20``: CIFAR-style ResNets (He et al. 2016, 6n+2 layers, BatchNorm,
   projection shortcuts), designed for 32x32 RGB; channels, size (8..256 px) and classes follow
   the dataset.
-- ``SmallConvNet``: a compact BatchNorm ConvNet for small images (8..28 px, e.g. 8x8 digits,
-  28x28 MNIST); channels and classes follow the dataset.
+- ``SmallConvNet``: a compact BatchNorm ConvNet for small images (8..32 px, e.g. 8x8 digits,
+  28x28 MNIST, 32x32 CIFAR); channels and classes follow the dataset.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnswarm.errors import InvalidInput
+from cnnswarm.ml.seed_model import NNConvResNetRGB, TiedBatchNorm2d
 
 MAX_CHANNELS = 16
 MAX_CLASSES = 10_000
@@ -67,65 +68,6 @@ class ModelConfig:
             width=self.width,
             num_classes=self.num_classes,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# The seed's network
-
-
-def _seed_uniform_init(module: nn.Module) -> None:
-    """The seed's init: weights and biases uniform in +-1/sqrt(fan_in)."""
-    if isinstance(module, nn.Linear | nn.Conv2d):
-        bound = 1.0 / math.sqrt(module.weight[0].numel())
-        nn.init.uniform_(module.weight, -bound, bound)
-        if module.bias is not None:
-            nn.init.uniform_(module.bias, -bound, bound)
-
-
-class NNConvResNetRGB(nn.Module):
-    """The seed's CIFAR-10 ResNet with tied residual weights (input 3x32x32).
-
-    Three stages of 16/32/64 channels at 32/16/8 px. Stage ``i`` opens with ``conv{i}a``
-    (stride 2 in stages 2 and 3) + ``batch_norm{i}`` + ReLU, then runs 3 residual blocks that
-    all reuse the one conv ``conv{i}b`` and the same ``batch_norm{i}``. Global max-pool 8x8,
-    then ``fc_gap``. ``fc1..fc3`` are never used but are in the seed's state dict, so they stay.
-    """
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self._num_blocks = 3
-        ch = (16, 32, 64)
-        self.conv1a = nn.Conv2d(3, ch[0], 3, padding=1)
-        self.conv1b = nn.Conv2d(ch[0], ch[0], 3, padding=1)
-        self.conv2a = nn.Conv2d(ch[0], ch[1], 3, padding=1, stride=2)
-        self.conv2b = nn.Conv2d(ch[1], ch[1], 3, padding=1)
-        self.conv3a = nn.Conv2d(ch[1], ch[2], 3, padding=1, stride=2)
-        self.conv3b = nn.Conv2d(ch[2], ch[2], 3, padding=1)
-        self.batch_norm1 = nn.BatchNorm2d(ch[0])
-        self.batch_norm2 = nn.BatchNorm2d(ch[1])
-        self.batch_norm3 = nn.BatchNorm2d(ch[2])
-        self.pool = nn.MaxPool2d(8)
-        self.fc_gap = nn.Linear(ch[2], num_classes)
-        # Unused by forward(); kept so the seed's .pth files load with strict=True.
-        self.fc1 = nn.Linear(ch[2] * 8 * 8, 128)
-        self.fc2 = nn.Linear(128, 64)
-        self.fc3 = nn.Linear(64, num_classes)
-        self.apply(_seed_uniform_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stages = (
-            (self.conv1a, self.conv1b, self.batch_norm1),
-            (self.conv2a, self.conv2b, self.batch_norm2),
-            (self.conv3a, self.conv3b, self.batch_norm3),
-        )
-        for opening_conv, shared_conv, shared_bn in stages:
-            x = F.relu(shared_bn(opening_conv(x)))
-            for _ in range(self._num_blocks):
-                y = F.relu(shared_bn(shared_conv(x)))
-                x = F.relu(shared_bn(shared_conv(y)) + x)
-        x = self.pool(x).flatten(1)
-        out: torch.Tensor = self.fc_gap(x)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,9 +203,9 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "SmallConvNet",
-            "Compact BatchNorm ConvNet for small images (8..28 px, e.g. digits, MNIST).",
+            "Compact BatchNorm ConvNet for small images (8..32 px, e.g. digits, MNIST).",
             channels=(1, MAX_CHANNELS),
-            size=(8, 28),
+            size=(8, 32),
             classes=(2, MAX_CLASSES),
             factory=lambda c, h, w, k: SmallConvNet(c, h, w, k),
         ),
@@ -317,3 +259,11 @@ def build_model(
     w = _check_range("width", width, spec.size, model_type)
     k = _check_range("num_classes", num_classes, spec.classes, model_type)
     return spec.factory(c, h, w, k)
+
+
+def needs_calibration(model: nn.Module) -> bool:
+    """Whether ``model`` has batch-norm call sites without running statistics (the seed's
+    network loaded from a seed ``.pth``); ``cnnswarm.ml.calibrate`` estimates them."""
+    return any(
+        isinstance(module, TiedBatchNorm2d) and not module.calibrated for module in model.modules()
+    )

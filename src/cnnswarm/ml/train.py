@@ -16,6 +16,10 @@ ends with bit-identical weights to a run that was never stopped.
 ``should_cancel()`` is polled between batches; when it returns true ``TrainingCancelled`` is
 raised (the last checkpoint handed out is the place to resume from).
 
+At the end of each epoch the batch norms' running statistics are re-estimated for the epoch's
+final weights (``cnnswarm.ml.calibrate``) before the test split is evaluated in eval mode; the
+recorded ``test_accuracy`` is therefore exactly what the published model serves.
+
 Each epoch's ``duration_s`` is the wall time spent on that epoch's work that survives: from its
 first batch to the end of its evaluation. An epoch resumed from a mid-epoch checkpoint counts
 the training time the checkpoint carries (its batches before the stop, in an earlier process)
@@ -43,6 +47,7 @@ from torch import nn
 
 from cnnswarm.errors import InvalidInput, TrainingCancelled
 from cnnswarm.ml.artifact import ModelArtifact, preprocessing_of
+from cnnswarm.ml.calibrate import recalibrate_on_images
 from cnnswarm.ml.checkpoint import capture_rng_states, detached_copy, restore_rng_states
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization, normalize
 from cnnswarm.ml.models import ModelConfig
@@ -346,8 +351,13 @@ def train(
                 report(epoch, done_in_epoch)
         train_time_s += time.perf_counter() - batch_started
 
-        # ---- end of epoch: evaluate, record, step the schedule, checkpoint ------------------
+        # ---- end of epoch: calibrate, evaluate, record, step the schedule, checkpoint ---------
         train_loss = float(loss_sum) / num_train
+        # Running statistics lag the moving weights; re-estimate them for these weights, so
+        # the test split (and, after the last epoch, every prediction) sees what training saw.
+        recalibrate_on_images(
+            model, x_train, dataset.normalization, batch_size=batch_size, device=run_device
+        )
         test_loss, test_accuracy = evaluate(
             model, x_test, y_test, dataset.normalization, run_device, autocast
         )
