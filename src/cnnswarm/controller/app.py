@@ -16,7 +16,14 @@ from flask import Flask, Response, jsonify
 from sqlalchemy import text
 
 from cnnswarm.config import Settings, load_settings
-from cnnswarm.controller import datasets_api, internal, jobs_api, models_api, seed_routes
+from cnnswarm.controller import (
+    datasets_api,
+    internal,
+    jobs_api,
+    model_files_api,
+    models_api,
+    seed_routes,
+)
 from cnnswarm.controller.context import ControllerContext, ctx
 from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.controller.openapi import build_openapi
@@ -49,7 +56,14 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["cnnswarm"] = context
     register_error_handlers(app)
-    for blueprint in (seed_routes.bp, jobs_api.bp, models_api.bp, datasets_api.bp, internal.bp):
+    for blueprint in (
+        seed_routes.bp,
+        jobs_api.bp,
+        models_api.bp,
+        model_files_api.bp,
+        datasets_api.bp,
+        internal.bp,
+    ):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

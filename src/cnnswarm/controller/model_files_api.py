@@ -1,0 +1,132 @@
+"""/api/v1/models: models in (import a model file) and out (the file, a TorchScript export)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Blueprint, Response, request, send_file
+
+from cnnswarm.controller.context import ctx
+from cnnswarm.controller.model_import import ImportRequest, import_model
+from cnnswarm.controller.openapi import ERROR, MODEL, doc
+from cnnswarm.errors import InvalidInput, NotFound, PayloadTooLarge
+from cnnswarm.http import require_token
+from cnnswarm.ml.artifact import load_artifact
+from cnnswarm.ml.model_files import torchscript_bytes
+from cnnswarm.store.artifacts import check_id
+from cnnswarm.store.catalog import model_to_json
+
+bp = Blueprint("model_files", __name__, url_prefix="/api/v1")
+token_required = require_token(lambda: ctx().settings.api_token)
+
+IMPORT_BODY = {
+    "type": "object",
+    "required": ["file", "id"],
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "a seed state dict (.pth) or a cnn-swarm model file",
+        },
+        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"},
+        "classes": {
+            "type": "string",
+            "description": "seed files: class names, comma-separated or a JSON array "
+            "(default for 10 outputs: CIFAR-10's)",
+        },
+        "dataset": {
+            "type": "string",
+            "description": "the dataset the model was trained on, for batch-norm "
+            "recalibration (default for seed files: cifar10)",
+        },
+        "example_idxs": {
+            "type": "string",
+            "description": "start,end: the training rows [start, end) it was trained on",
+        },
+    },
+}
+
+IMPORTED_MODEL = {
+    **MODEL,
+    "properties": {
+        **MODEL["properties"],  # type: ignore[dict-item]
+        "recalibration": {
+            "type": ["object", "null"],
+            "properties": {
+                "dataset": {"type": "string"},
+                "example_idxs": {"type": ["array", "null"], "items": {"type": "integer"}},
+                "images": {"type": "integer"},
+            },
+        },
+    },
+}
+
+
+@bp.post("/models")
+@token_required
+@doc(
+    "Import a model file (a seed .pth state dict or a cnn-swarm model file); batch norms are "
+    "recalibrated on the named dataset when the file has no per-call-site statistics",
+    body=IMPORT_BODY,
+    body_type="multipart/form-data",
+    responses={201: IMPORTED_MODEL, 409: ERROR, 413: ERROR},
+)
+def import_model_file() -> tuple[dict[str, Any], int]:
+    context = ctx()
+    limit = context.settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"uploads are limited to {limit // (1024 * 1024)} MB")
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidInput("send the model file as multipart field 'file'", field="file")
+    import_request = ImportRequest.from_form(request.form.to_dict())
+    data = upload.read()
+    if not data:
+        raise InvalidInput("the uploaded file is empty", field="file")
+    row, recalibration = import_model(context, data, import_request)
+    return {**model_to_json(row), "recalibration": recalibration}, 201
+
+
+def _model_file(model_id: str) -> tuple[str, Any]:
+    """The model's id and file path (by id or alias); NotFound when the file is gone."""
+    context = ctx()
+    row = context.stores.catalog.get_model(check_id(model_id, "model_id"))
+    path = context.stores.artifacts.model_file(str(row["filename"]))
+    if not path.is_file():
+        raise NotFound(f"the file of model {row['id']!r} is missing", field="model_id")
+    return str(row["id"]), path
+
+
+@bp.get("/models/<model_id>/file")
+@doc(
+    "Download the model's cnn-swarm model file (torch.load(weights_only=True) reads it)",
+    responses={200: None},
+)
+def download_model_file(model_id: str) -> Response:
+    resolved, path = _model_file(model_id)
+    return send_file(
+        path,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"{resolved}.pth",
+        conditional=False,
+        etag=False,
+    )
+
+
+@bp.get("/models/<model_id>/torchscript")
+@doc(
+    "Download a frozen TorchScript export of the model: normalized N x C x H x W inputs in, "
+    "logits out (their softmax is what predict answers); metadata in extra file cnn-swarm.json",
+    responses={200: None},
+)
+def download_torchscript(model_id: str) -> Response:
+    resolved, path = _model_file(model_id)
+    exported = torchscript_bytes(load_artifact(path))
+    return send_file(
+        io.BytesIO(exported),
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"{resolved}.torchscript.pt",
+    )
