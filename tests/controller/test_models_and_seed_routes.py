@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from flask import Flask
 from flask.testing import FlaskClient
 
 from cnnswarm.controller.context import ControllerContext
-from cnnswarm.ml.artifact import artifact_from_bytes
+from cnnswarm.ml.artifact import (
+    CIFAR10_CLASSES,
+    SEED_PREPROCESSING,
+    ModelArtifact,
+    artifact_from_bytes,
+    artifact_to_bytes,
+)
+from cnnswarm.ml.models import ModelConfig
+from cnnswarm.ml.seed_model import SITE_KEYS, NNConvResNetRGB
 from support import digits_png, image_folder_zip, png_bytes
 
 
@@ -241,3 +251,26 @@ def test_openapi_documents_every_v1_route(client: FlaskClient) -> None:
     ):
         assert path in doc["paths"], path
     assert "requestBody" in doc["paths"]["/api/v1/jobs"]["post"]
+
+
+def test_a_model_without_per_site_statistics_is_refused_with_what_to_do(
+    app: Flask, client: FlaskClient, publish: Callable[[Flask, str, bytes], None]
+) -> None:
+    """Weights of the seed's network saved without statistics per call site (a model trained
+    before they existed) would predict at chance level: refused with 409, never served."""
+    model = NNConvResNetRGB()
+    state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[1] not in SITE_KEYS}
+    artifact = ModelArtifact(
+        model_type="NNConvResNetRGB",
+        model_config=ModelConfig("NNConvResNetRGB", 3, 32, 32, 10).to_json(),
+        classes=list(CIFAR10_CLASSES),
+        preprocessing=dict(SEED_PREPROCESSING),
+        state_dict=state,
+    )
+    publish(app, "old-seed-net", artifact_to_bytes(artifact))
+    answer = client.post(
+        "/api/v1/models/old-seed-net/predict", json={"examples": [[[[0.0] * 32] * 32] * 3]}
+    )
+    assert answer.status_code == 409, answer.json
+    assert answer.json["field"] == "model_id"
+    assert "POST /api/v1/models" in answer.json["error"]

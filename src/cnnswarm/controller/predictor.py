@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from cnnswarm.config import Settings
-from cnnswarm.errors import InvalidInput, Overloaded
+from cnnswarm.errors import Conflict, InvalidInput, Overloaded
 from cnnswarm.ml.artifact import load_artifact
 from cnnswarm.ml.inference import fold_batch_norms
+from cnnswarm.ml.models import needs_calibration
 from cnnswarm.ml.preprocess import Preprocessing
 
 # How long a model's database record is reused before it is read again.
@@ -185,7 +186,16 @@ class Predictor:
                 sample = torch.randn(
                     2, prep.channels, prep.height, prep.width, generator=torch.Generator()
                 )
-                model = fold_batch_norms(artifact.build_model(), sample)
+                model = artifact.build_model()
+                if needs_calibration(model):
+                    raise Conflict(
+                        f"model {model_row['id']!r} has no batch-norm statistics per call site "
+                        "(a seed .pth, or trained before they existed), so it cannot serve what "
+                        "it learned; import its file again with POST /api/v1/models naming its "
+                        "training dataset, which recalibrates it",
+                        field="model_id",
+                    )
+                model = fold_batch_norms(model, sample)
                 loaded = LoadedModel(
                     model_id=str(model_row["id"]),
                     classes=list(artifact.classes),
