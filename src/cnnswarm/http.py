@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 from flask import Flask, Response, jsonify, request
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
 from cnnswarm.errors import (
@@ -96,6 +97,17 @@ def json_body() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"the JSON body must be an object, got {type(data).__name__}")
     return data
+
+
+def uploaded_file(limit_bytes: int, what: str) -> FileStorage:
+    """This request's multipart field ``file``: 413 past ``limit_bytes`` (checked before the
+    body is read), 400 naming ``what`` should be sent when the field is missing."""
+    if request.content_length is not None and request.content_length > limit_bytes:
+        raise PayloadTooLarge(f"uploads are limited to {limit_bytes // (1024 * 1024)} MB")
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidInput(f"send {what} as multipart field 'file'", field="file")
+    return upload
 
 
 def token_matches(expected: str, header: str | None) -> bool:

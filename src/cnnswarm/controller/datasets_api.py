@@ -11,8 +11,8 @@ from flask import Blueprint, request
 from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.openapi import DATASET, ERROR, TRAINER, doc
-from cnnswarm.errors import InvalidInput, PayloadTooLarge
-from cnnswarm.http import require_token
+from cnnswarm.errors import InvalidInput
+from cnnswarm.http import require_token, uploaded_file
 from cnnswarm.store.artifacts import check_id, copy_stream
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1")
@@ -35,12 +35,7 @@ UPLOAD_BODY = {
 )
 def upload_dataset() -> tuple[dict[str, Any], int]:
     context = ctx()
-    limit = context.settings.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"uploads are limited to {limit // (1024 * 1024)} MB")
-    upload = request.files.get("file")
-    if upload is None:
-        raise InvalidInput("send the archive as multipart field 'file'", field="file")
+    upload = uploaded_file(context.settings.max_upload_bytes, "the archive")
     name = request.form.get("name")
     with tempfile.TemporaryDirectory(dir=context.stores.artifacts.tmp) as tmp:
         path = Path(tmp) / "upload"

@@ -10,8 +10,8 @@ from flask import Blueprint, Response, request, send_file
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.model_import import ImportRequest, import_model
 from cnnswarm.controller.openapi import ERROR, MODEL, doc
-from cnnswarm.errors import InvalidInput, NotFound, PayloadTooLarge
-from cnnswarm.http import require_token
+from cnnswarm.errors import InvalidInput, NotFound
+from cnnswarm.http import require_token, uploaded_file
 from cnnswarm.ml.artifact import load_artifact
 from cnnswarm.ml.model_files import torchscript_bytes
 from cnnswarm.store.artifacts import check_id
@@ -74,12 +74,7 @@ IMPORTED_MODEL = {
 )
 def import_model_file() -> tuple[dict[str, Any], int]:
     context = ctx()
-    limit = context.settings.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"uploads are limited to {limit // (1024 * 1024)} MB")
-    upload = request.files.get("file")
-    if upload is None:
-        raise InvalidInput("send the model file as multipart field 'file'", field="file")
+    upload = uploaded_file(context.settings.max_upload_bytes, "the model file")
     import_request = ImportRequest.from_form(request.form.to_dict())
     data = upload.read()
     if not data:
