@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnswarm.cpu import cpu_share
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
 from cnnswarm.ml.models import build_model
-from cnnswarm.ml.train import default_threads, train
+from cnnswarm.ml.train import train
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=cpu_share())
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def test_images_are_small_non_root_cpu_only_and_health_checked(
 # What the CLI gives torch in a container: (trainer threads, controller threads, CPUs seen).
 THREADS_PROBE = (
     "import os; from cnnswarm.config import load_settings; "
-    "from cnnswarm.serve import torch_threads_for; s = load_settings(); "
+    "from cnnswarm.cpu import torch_threads_for; s = load_settings(); "
     "print(torch_threads_for(s, sharers=s.trainer_slots), "
     "torch_threads_for(s, sharers=s.gunicorn_workers), len(os.sched_getaffinity(0)))"
 )

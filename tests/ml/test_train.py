@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from cnnswarm.cpu import cpu_share
 from cnnswarm.errors import InvalidInput, TrainingCancelled
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
 from cnnswarm.ml.datasets.digits import load_digits
-from cnnswarm.ml.train import Progress, TrainOptions, default_threads, threads_for, train
+from cnnswarm.ml.train import Progress, TrainOptions, threads_for, train
 
 torch.set_num_threads(1)
 
@@ -314,6 +315,6 @@ def test_default_small_model_reaches_97_percent_on_digits_within_a_minute() -> N
     assert elapsed < 60
 
 
-def test_tiny_batches_get_one_thread_and_large_ones_all_cpus() -> None:
+def test_tiny_batches_get_one_thread_and_large_ones_the_whole_cpu_share() -> None:
     assert threads_for(32 * 8 * 8) == 1
-    assert threads_for(64 * 32 * 32) == default_threads() >= 1
+    assert threads_for(64 * 32 * 32) == cpu_share() >= 1

@@ -32,7 +32,6 @@ the training images by the batch time alone (evaluation excluded).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import secrets
 import time
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnswarm.cpu import cpu_share
 from cnnswarm.errors import InvalidInput, TrainingCancelled
 from cnnswarm.ml.artifact import ModelArtifact, preprocessing_of
 from cnnswarm.ml.calibrate import recalibrate_on_images
@@ -81,21 +81,14 @@ class TrainResult:
     metrics: list[dict[str, Any]]
 
 
-def default_threads() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def threads_for(batch_pixels: int) -> int:
     """Intra-op threads for batches of ``batch_pixels`` pixels (batch x height x width).
 
     Tiny batches (8x8 digits) gain nothing from more threads and slow down ~10x when another
-    process shares the cores (threads wait on each other at every op), so they get one.
+    process shares the cores (threads wait on each other at every op), so they get one; larger
+    ones get this process's whole CPU share (``cnnswarm.cpu``: cgroup quota, affinity mask).
     """
-    return 1 if batch_pixels < SMALL_BATCH_PIXELS else default_threads()
+    return 1 if batch_pixels < SMALL_BATCH_PIXELS else cpu_share()
 
 
 def resolve_device(requested: str | torch.device | None, opts: TrainOptions) -> torch.device:

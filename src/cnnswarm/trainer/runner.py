@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from cnnswarm.config import Settings
+from cnnswarm.cpu import torch_threads_for
 from cnnswarm.errors import Conflict, InvalidInput, StaleAttempt
 from cnnswarm.trainer.child import ChildConfig, Dispatch, child_main
 from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavailable
@@ -113,8 +114,6 @@ def parse_dispatch(body: Mapping[str, Any]) -> Dispatch:
 
 def child_torch_threads(settings: Settings) -> int:
     """Torch threads for one job: ``settings.torch_threads``, else this host's CPU share / slots."""
-    from cnnswarm.serve import torch_threads_for  # cgroup-aware; the one place that splits CPUs
-
     return torch_threads_for(settings, sharers=settings.trainer_slots)
 
 
