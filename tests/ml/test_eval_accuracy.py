@@ -76,7 +76,8 @@ def test_eval_mode_scores_what_training_measured(
     served = _accuracy(model, dataset, batch_statistics=False)
     with_batch_statistics = _accuracy(model, dataset, batch_statistics=True)
     print(
-        f"\n{model_type}: recorded {recorded:.3f}, eval {served:.3f}, batch stats {with_batch_statistics:.3f}"
+        f"\n{model_type}: recorded {recorded:.3f}, eval {served:.3f}, "
+        f"batch stats {with_batch_statistics:.3f}"
     )
     assert recorded >= RUNS[model_type][1]
     assert served == pytest.approx(recorded, abs=1e-9)
@@ -102,7 +103,8 @@ def test_a_seed_file_recalibrated_on_its_training_data_serves_what_it_learned(
     recalibrated = _accuracy(model, dataset, batch_statistics=False)
     recorded = result.metrics[-1]["test_accuracy"]
     print(
-        f"\nuncalibrated {uncalibrated:.3f}, recalibrated {recalibrated:.3f}, trained {recorded:.3f}"
+        f"\nuncalibrated {uncalibrated:.3f}, recalibrated {recalibrated:.3f}, "
+        f"trained {recorded:.3f}"
     )
     assert uncalibrated < 0.5
     assert abs(recalibrated - recorded) <= 0.03
