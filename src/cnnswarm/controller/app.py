@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from cnnswarm.config import Settings, load_settings
 from cnnswarm.controller import (
+    api_docs,
     datasets_api,
     internal,
     jobs_api,
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         model_files_api.bp,
         datasets_api.bp,
         internal.bp,
+        api_docs.bp,
     ):
         app.register_blueprint(blueprint)
 

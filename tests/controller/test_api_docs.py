@@ -1,0 +1,171 @@
+"""The API docs page (/api/v1/docs): Swagger UI from assets vendored in the package, nothing
+fetched from another origin, a Content-Security-Policy that forbids inline scripts; and, where
+Debian's chromium is installed, the page rendered by a real browser against a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import threading
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+import cnnswarm.controller
+
+CHROMIUM = Path("/usr/bin/chromium")
+ASSETS = Path(cnnswarm.controller.__file__).parent / "docs_assets"
+PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
+CONTENT_TYPES = {".js": {"text/javascript", "application/javascript"}, ".css": {"text/css"}}
+
+
+class _Page(HTMLParser):
+    """The URLs a page references and the text of its inline scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for name in ("src", "href", "data-openapi-url"):
+            if values.get(name):
+                self.urls.append(str(values[name]))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_scripts.append(data)
+
+
+def _csp(header: str) -> dict[str, list[str]]:
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {words[0]: words[1:] for words in directives}
+
+
+def test_the_docs_page_loads_every_asset_from_this_controller(client: FlaskClient) -> None:
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert not re.search(r"(https?:)?//", html), "the page names another origin"
+
+    parsed = _Page()
+    parsed.feed(html)
+    assert parsed.inline_scripts == []
+    assert len(parsed.urls) == 4, parsed.urls  # stylesheet, bundle, initializer, document
+    for url in parsed.urls:
+        parts = urlsplit(url)
+        assert not parts.scheme and not parts.netloc, url
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        suffix = Path(parts.path).suffix
+        if suffix == ".json":
+            assert asset.mimetype == "application/json"
+            assert "/api/v1/jobs" in asset.json["paths"]
+        else:
+            assert asset.mimetype in CONTENT_TYPES[suffix], (url, asset.mimetype)
+            assert asset.headers.get("X-Content-Type-Options") == "nosniff", url
+            assert asset.get_data(), url
+
+
+def test_the_docs_page_is_sent_with_a_strict_content_security_policy(
+    client: FlaskClient,
+) -> None:
+    page = client.get("/api/v1/docs")
+    policy = _csp(page.headers["Content-Security-Policy"])
+    assert policy["default-src"] == ["'self'"]
+    assert policy["script-src"] == ["'self'"]
+    assert policy["object-src"] == ["'none'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["style-src"] == ["'self'"]
+    for sources in policy.values():
+        assert not {"*", "'unsafe-inline'", "'unsafe-eval'"} & set(sources), sources
+        assert not any(source.startswith(("http:", "https:")) for source in sources), sources
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_vendored_assets_match_their_note_and_ship_in_the_wheel() -> None:
+    """VENDORED.md's hashes are the files' hashes, and pyproject's package-data takes every
+    file of controller/docs_assets into the wheel (so into the Docker images)."""
+    vendored = ASSETS / "swagger-ui"
+    hashes = dict(
+        re.findall(r"\| `([^`]+)` \| `([0-9a-f]{64})` \|", (vendored / "VENDORED.md").read_text())
+    )
+    assert set(hashes) == {path.name for path in vendored.iterdir()} - {"VENDORED.md"}
+    for name, expected in hashes.items():
+        assert hashlib.sha256((vendored / name).read_bytes()).hexdigest() == expected, name
+
+    package = ASSETS.parent.parent
+    patterns = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path for pattern in patterns["cnnswarm"] for path in package.glob(pattern)}
+    files = {path for path in ASSETS.rglob("*") if path.is_file()}
+    assert files and files <= shipped, sorted(str(path) for path in files - shipped)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: object) -> None:
+        """No access log."""
+
+
+@contextmanager
+def _serving(app: Flask) -> Iterator[str]:
+    """``app`` served over HTTP on 127.0.0.1:<ephemeral> until the block ends; yields its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt install chromium)",
+)
+def test_a_browser_renders_every_operation_under_the_page_policy(
+    app: Flask, tmp_path: Path
+) -> None:
+    """Headless chromium loads the page from a real server, runs the vendored Swagger UI under
+    the page's Content-Security-Policy and renders the operations of the OpenAPI document."""
+    with _serving(app) as url:
+        browser = subprocess.run(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                "--enable-logging=stderr",
+                # Lets the page fetch the document and render before the DOM is dumped.
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                f"{url}/api/v1/docs",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    dom = browser.stdout
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/models/{model_id}/predict"):
+        assert f'data-path="{path}"' in dom, (path, dom[-2000:], browser.stderr[-2000:])
+    assert "Content Security Policy" not in browser.stderr, browser.stderr[-2000:]
