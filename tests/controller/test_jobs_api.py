@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from cnnswarm.controller.context import ControllerContext
+from store_support import counting_statements, queue_jobs
 
 
 def submit(client: FlaskClient, body: Any, **headers: str) -> Any:
@@ -63,6 +64,27 @@ def test_submit_queues_a_durable_job(client: FlaskClient) -> None:
     assert client.get("/api/v1/jobs?state=running").json["jobs"] == []
     assert client.get("/api/v1/jobs?state=weird").status_code == 400
     assert client.get("/api/v1/jobs/job-missing").status_code == 404
+
+
+def test_listing_1000_queued_jobs_takes_as_many_queries_as_10(
+    client: FlaskClient, context: ControllerContext
+) -> None:
+    stores = context.stores
+    stores.trainers.heartbeat("t1", "http://127.0.0.1:9", 2, [])
+    running = submit(client, {"dataset": "digits", "model_id": "running"}).json
+    assert stores.jobs.claim(stores.jobs.get(running["id"]), "t1", lease_s=30) is not None
+    counts = []
+    for total, new in ((10, 10), (1000, 990)):
+        queue_jobs(stores.engine, new, first=total - new)
+        with counting_statements(stores.engine) as statements:
+            listed = client.get("/api/v1/jobs?limit=10000").json["jobs"]
+        counts.append(len(statements))
+        assert listed[0]["id"] == running["id"] and "queue_position" not in listed[0]
+        queued = listed[1:]
+        assert [job["queue_position"] for job in queued] == list(range(total))
+        assert queued[0]["waiting_reason"] == "being dispatched to a trainer"
+        assert queued[-1]["waiting_reason"] == f"{total - 1} job(s) ahead in the queue"
+    assert counts[0] == counts[1] <= 10, counts
 
 
 def test_duplicate_model_id_is_409(client: FlaskClient) -> None:
@@ -133,6 +155,9 @@ def test_trainer_protocol_fences_stale_attempts(
 
     fresh = _heartbeat(client, [{"job_id": job_id, "attempt": 2, "progress": 0.25}], tid="t2")
     assert fresh.json["drop"] == []
+    assert client.get(f"/api/v1/jobs/{job_id}").json["progress"] == 0.25
+    odd = [{"job_id": job_id, "attempt": 2, "progress": 7, "metrics": "x"}]
+    assert _heartbeat(client, odd, tid="t2").json["drop"] == []  # renewed; odd values ignored
     assert client.get(f"/api/v1/jobs/{job_id}").json["progress"] == 0.25
     ok = client.post(f"/internal/v1/jobs/{job_id}/result?attempt=2", data=digits_model_bytes)
     assert ok.status_code == 200, ok.json

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, inspect
 
 from cnnswarm.errors import Conflict, NotFound, StaleAttempt, Unprocessable
-from cnnswarm.store import Stores, open_stores
+from cnnswarm.store import Stores, db, open_stores
 from cnnswarm.store.jobs import JobSpec, JobState
+from store_support import counting_statements, job_row, queue_jobs
 
 
 @pytest.fixture
@@ -55,10 +58,12 @@ def test_lifecycle_claim_renew_complete(stores: Stores) -> None:
     running = stores.jobs.claim(job, "t1", lease_s=5)
     assert running is not None and running.state == JobState.RUNNING and running.attempt == 1
     assert stores.jobs.claim(job, "t2", lease_s=5) is None  # already moved on
-    report = {"job_id": job.id, "attempt": 1, "progress": 0.5, "epoch": 1, "metrics": [{"e": 1}]}
-    assert stores.jobs.renew(report, "t1", lease_s=5) is None
+    reported = stores.jobs.renew(job.id, 1, "t1", 5, progress=0.5, epoch=1, metrics=[{"e": 1}])
+    assert reported is None
     got = stores.jobs.get(job.id)
-    assert got.progress == 0.5 and got.metrics == [{"e": 1}]
+    assert got.progress == 0.5 and got.epoch == 1 and got.metrics == [{"e": 1}]
+    assert stores.jobs.renew(job.id, 1, "t1", lease_s=5) is None  # nothing new reported
+    assert stores.jobs.get(job.id).metrics == [{"e": 1}]
     done = stores.jobs.complete(job.id, 1, model_row(job.id, "m1"))
     assert done.state == JobState.SUCCEEDED and done.progress == 1.0
     assert stores.catalog.get_model("m1")["job_id"] == job.id
@@ -93,7 +98,7 @@ def test_stale_attempt_writes_are_rejected(stores: Stores) -> None:
         stores.jobs.complete(job.id, 1, model_row(job.id, "m1"))
     with pytest.raises(StaleAttempt):
         stores.jobs.fail(job.id, 1, "boom")
-    reason = stores.jobs.renew({"job_id": job.id, "attempt": 1}, "t1", lease_s=5)
+    reason = stores.jobs.renew(job.id, 1, "t1", lease_s=5)
     assert reason is not None and "stale" in reason
     stores.jobs.complete(job.id, 2, model_row(job.id, "m1"))
     assert stores.jobs.get(job.id).state == JobState.SUCCEEDED
@@ -118,7 +123,7 @@ def test_cancel_queued_and_running(stores: Stores) -> None:
     assert claimed is not None
     job, trainer = stores.jobs.cancel(running.id)
     assert job.state == JobState.CANCELLED and trainer == "t1"
-    assert stores.jobs.renew({"job_id": running.id, "attempt": 1}, "t1", 5) == "job is cancelled"
+    assert stores.jobs.renew(running.id, 1, "t1", 5) == "job is cancelled"
     with pytest.raises(StaleAttempt):
         stores.jobs.complete(running.id, 1, model_row(running.id, "b"))
 
@@ -133,7 +138,12 @@ def test_cancel_of_finished_job_conflicts(stores: Stores) -> None:
 
 def test_queue_position_and_unknown_job(stores: Stores) -> None:
     jobs = [stores.jobs.submit(spec(f"m{i}"))[0] for i in range(3)]
-    assert [stores.jobs.queued_ahead(j) for j in jobs] == [0, 1, 2]
+    positions = stores.jobs.queue_positions(jobs)
+    assert [positions[j.id] for j in jobs] == [0, 1, 2]
+    claimed = stores.jobs.claim(jobs[0], "t1", lease_s=5)
+    assert claimed is not None
+    assert stores.jobs.queue_positions([claimed, jobs[2]]) == {jobs[2].id: 1}
+    assert stores.jobs.queue_positions([jobs[2]]) == {jobs[2].id: 1}
     with pytest.raises(NotFound):
         stores.jobs.get("job-nope")
 
@@ -179,13 +189,13 @@ def test_model_id_uniqueness_is_enforced_by_the_database(stores: Stores) -> None
 
 
 def test_leader_lease_has_one_holder(stores: Stores) -> None:
-    assert stores.trainers.try_lead("c1", ttl_s=5)
-    assert not stores.trainers.try_lead("c2", ttl_s=5)
-    assert stores.trainers.try_lead("c1", ttl_s=5)
-    stores.trainers.resign("c1")
-    assert stores.trainers.try_lead("c2", ttl_s=0.2)
+    assert stores.leader.try_lead("c1", ttl_s=5)
+    assert not stores.leader.try_lead("c2", ttl_s=5)
+    assert stores.leader.try_lead("c1", ttl_s=5)
+    stores.leader.resign("c1")
+    assert stores.leader.try_lead("c2", ttl_s=0.2)
     time.sleep(0.3)  # let the lease lapse: the point of the test is an expired lease
-    assert stores.trainers.try_lead("c1", ttl_s=5)
+    assert stores.leader.try_lead("c1", ttl_s=5)
 
 
 def test_trainer_heartbeats_and_aliases(stores: Stores) -> None:
@@ -227,3 +237,90 @@ def test_listing_newest_or_oldest_and_counts(stores: Stores) -> None:
     stores.jobs.cancel(jobs[0].id)
     counts = stores.jobs.count_by_state()
     assert counts["queued"] == 4 and counts["cancelled"] == 1 and counts["succeeded"] == 0
+
+
+def test_concurrent_submits_get_distinct_increasing_numbers(stores: Stores) -> None:
+    # All threads read and insert at once: a max(seq) + 1 read twice would hand out one
+    # number twice on PostgreSQL.
+    start = threading.Barrier(16)
+
+    def submit(index: int) -> int:
+        start.wait()
+        return stores.jobs.submit(spec(f"c{index}"))[0].seq
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        numbers = list(pool.map(submit, range(16)))
+    assert len(set(numbers)) == 16
+    later = [stores.jobs.submit(spec(f"later{i}"))[0].seq for i in range(3)]
+    assert min(later) > max(numbers) and later == sorted(later)
+
+
+def test_listing_queued_jobs_with_positions_takes_constant_queries(stores: Stores) -> None:
+    counts = []
+    for total, new in ((10, 10), (1000, 990)):
+        queue_jobs(stores.engine, new, first=total - new)
+        with counting_statements(stores.engine) as statements:
+            jobs = stores.jobs.list_jobs(JobState.QUEUED)
+            positions = stores.jobs.queue_positions(jobs)
+        assert [positions[job.id] for job in jobs] == list(range(total))
+        counts.append(len(statements))
+    assert counts[0] == counts[1] <= 6, counts
+
+
+def _create_first_version_jobs_table(engine: Engine) -> Table:
+    """The jobs table as the first version created it: keyed by id, seq a plain column."""
+    keep = [column for column in db.jobs.c if column.name not in ("id", "seq")]
+    table = Table(
+        "jobs",
+        MetaData(),
+        Column("id", String(64), primary_key=True),
+        Column("seq", Integer, nullable=False, index=True),
+        *(
+            Column(c.name, c.type, nullable=c.nullable, unique=c.unique, index=c.index)
+            for c in keep
+        ),
+    )
+    table.create(engine)
+    return table
+
+
+def test_a_first_version_database_is_upgraded_in_place(database_url: str, tmp_path: Path) -> None:
+    engine = db.make_engine(database_url)
+    first_version_jobs = _create_first_version_jobs_table(engine)
+    # Two jobs share number 2, as two racing submits on PostgreSQL could leave them.
+    old = [
+        ("job-a", 1, 10.0, "queued"),
+        ("job-c", 2, 30.0, "running"),
+        ("job-b", 2, 20.0, "queued"),
+    ]
+    rows = [
+        job_row(
+            job_id,
+            seq=seq,
+            created_at=created_at,
+            model_id=f"m-{job_id}",
+            state=state,
+            idempotency_key=f"key-{job_id}",
+            request_hash=spec(f"m-{job_id}").fingerprint(),
+        )
+        for job_id, seq, created_at, state in old
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(first_version_jobs), rows)
+    engine.dispose()
+
+    stores = open_stores(database_url, tmp_path / "home")
+    try:
+        listed = stores.jobs.list_jobs()
+        assert [(j.id, j.seq) for j in listed] == [("job-a", 1), ("job-b", 2), ("job-c", 3)]
+        assert stores.jobs.get("job-c").state == JobState.RUNNING
+        new, _ = stores.jobs.submit(spec("m-new"))
+        assert new.seq == 4
+        # The idempotency key is still unique, and the upgrade runs once.
+        replay, created = stores.jobs.submit(spec("m-job-a"), idempotency_key="key-job-a")
+        assert not created and replay.id == "job-a"
+        db.create_schema(stores.engine)
+        assert inspect(stores.engine).get_pk_constraint("jobs")["constrained_columns"] == ["seq"]
+        assert stores.jobs.submit(spec("m-newer"))[0].seq == 5
+    finally:
+        stores.close()

@@ -7,6 +7,7 @@ checkpoint or publish the model of the attempt that replaced it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request, send_file
@@ -40,15 +41,42 @@ def _attempt(raw: Any, field: str = "attempt") -> int:
     return attempt
 
 
-def _check_report(index: int, report: dict[str, Any]) -> None:
-    """A heartbeat's job report: a job id, its attempt and, if present, a sane epoch."""
-    check_id(report.get("job_id"), f"jobs[{index}].job_id")
-    _attempt(report.get("attempt"), f"jobs[{index}].attempt")
+def _fraction(raw: Any) -> float | None:
+    """``raw`` as a number 0..1, or None when it is not one."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0.0 <= raw <= 1.0:
+        return None
+    return float(raw)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One job of a trainer's heartbeat; None for what the trainer did not report."""
+
+    job_id: str
+    attempt: int
+    progress: float | None
+    epoch: int | None
+    metrics: list[Any] | None
+
+
+def _job_report(index: int, report: dict[str, Any]) -> JobReport:
+    """A heartbeat's job report: a job id, its attempt and, if present, a sane epoch (else
+    400). A progress outside 0..1 or metrics that are not a list are ignored, not refused."""
+    job_id = check_id(report.get("job_id"), f"jobs[{index}].job_id")
+    attempt = _attempt(report.get("attempt"), f"jobs[{index}].attempt")
     epoch = report.get("epoch")
     if epoch is not None and (
         not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_COUNTER
     ):
         raise InvalidInput(f"jobs[{index}].epoch must be an integer 0..{MAX_COUNTER}", field="jobs")
+    metrics = report.get("metrics")
+    return JobReport(
+        job_id=job_id,
+        attempt=attempt,
+        progress=_fraction(report.get("progress")),
+        epoch=epoch,
+        metrics=metrics if isinstance(metrics, list) else None,
+    )
 
 
 @bp.post("/heartbeat")
@@ -63,23 +91,26 @@ def heartbeat() -> dict[str, Any]:
     slots = body.get("slots")
     if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 1024:
         raise InvalidInput("slots must be an integer 1..1024", field="slots")
-    reports = body.get("jobs", [])
-    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+    raw_reports = body.get("jobs", [])
+    if not isinstance(raw_reports, list) or not all(isinstance(r, dict) for r in raw_reports):
         raise InvalidInput("jobs must be a list of objects", field="jobs")
-    for index, report in enumerate(reports):
-        _check_report(index, report)
+    reports = [_job_report(index, report) for index, report in enumerate(raw_reports)]
     context = ctx()
     settings = context.settings
-    context.stores.trainers.heartbeat(
-        trainer_id, url, slots, [str(r.get("job_id")) for r in reports]
-    )
+    context.stores.trainers.heartbeat(trainer_id, url, slots, [r.job_id for r in reports])
     drop = []
     for report in reports:
-        reason = context.stores.jobs.renew(report, trainer_id, settings.lease_timeout_s)
+        reason = context.stores.jobs.renew(
+            report.job_id,
+            report.attempt,
+            trainer_id,
+            settings.lease_timeout_s,
+            progress=report.progress,
+            epoch=report.epoch,
+            metrics=report.metrics,
+        )
         if reason is not None:
-            drop.append(
-                {"job_id": report.get("job_id"), "attempt": report.get("attempt"), "reason": reason}
-            )
+            drop.append({"job_id": report.job_id, "attempt": report.attempt, "reason": reason})
     if len(reports) - len(drop) < slots:
         context.scheduler.wake()
     return {

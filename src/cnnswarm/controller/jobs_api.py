@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
@@ -29,13 +29,23 @@ EVENT_KEEPALIVE_S = 15.0
 
 def describe_job(job: Job) -> dict[str, Any]:
     """A job's JSON, with its queue position and why it is waiting while queued."""
+    return describe_jobs([job])[0]
+
+
+def describe_jobs(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """``describe_job`` for each job, in a constant number of queries however many."""
     context = ctx()
-    if job.state != JobState.QUEUED:
-        return job_to_json(job)
-    ahead = context.stores.jobs.queued_ahead(job)
-    body = job_to_json(job, queue_position=ahead)
-    body["waiting_reason"] = context.scheduler.waiting_reason(ahead)
-    return body
+    positions = context.stores.jobs.queue_positions(jobs)
+    if not positions:
+        return [job_to_json(job) for job in jobs]
+    capacity = context.scheduler.capacity()
+    bodies = []
+    for job in jobs:
+        body = job_to_json(job, queue_position=positions.get(job.id))
+        if job.id in positions:
+            body["waiting_reason"] = capacity.waiting_reason(positions[job.id])
+        bodies.append(body)
+    return bodies
 
 
 def submit_job(body: dict[str, Any], *, default_dataset: str | None = None) -> tuple[Job, bool]:
@@ -91,7 +101,7 @@ def list_jobs() -> dict[str, Any]:
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
         raise InvalidInput("limit must be an integer 1..10000", field="limit")
     jobs = ctx().stores.jobs.list_jobs(state, limit=int(raw_limit))
-    return {"jobs": [describe_job(job) for job in jobs]}
+    return {"jobs": describe_jobs(jobs)}
 
 
 @bp.get("/jobs/<job_id>")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -62,7 +63,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.is_leader:
-            self.stores.trainers.resign(self.holder)
+            self.stores.leader.resign(self.holder)
             self.is_leader = False
 
     def wake(self) -> None:
@@ -85,7 +86,7 @@ class Scheduler:
         was_leader = self.is_leader
         # The leader lease outlives a few missed rounds but not a dead controller.
         ttl = max(3 * self.settings.scheduler_interval_s, 2.0)
-        self.is_leader = self.stores.trainers.try_lead(self.holder, ttl_s=ttl)
+        self.is_leader = self.stores.leader.try_lead(self.holder, ttl_s=ttl)
         if not self.is_leader:
             return []
         if not was_leader:
@@ -203,15 +204,33 @@ class Scheduler:
                 exc,
             )
 
-    def waiting_reason(self, jobs_ahead: int) -> str:
-        """Why a queued job with ``jobs_ahead`` jobs before it has not started."""
+    def capacity(self) -> Capacity:
+        """The live trainers' slots now (two queries, read once for a whole job listing)."""
         alive = self.stores.trainers.alive(self.settings.lease_timeout_s)
         if not alive:
+            return Capacity(trainers=0, slots=0, free_slots=0)
+        running = self.stores.jobs.running_per_trainer()
+        return Capacity(
+            trainers=len(alive),
+            slots=sum(t.slots for t in alive),
+            free_slots=sum(max(0, t.slots - running.get(t.id, 0)) for t in alive),
+        )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The live trainers' slots at one moment, as the scheduler counts them."""
+
+    trainers: int
+    slots: int
+    free_slots: int
+
+    def waiting_reason(self, jobs_ahead: int) -> str:
+        """Why a queued job with ``jobs_ahead`` jobs before it has not started."""
+        if not self.trainers:
             return "no trainer is connected; the job starts when one registers"
-        free = self._free_slots()
-        if not free:
-            slots = sum(t.slots for t in alive)
-            return f"all {slots} trainer slot(s) are busy"
+        if not self.free_slots:
+            return f"all {self.slots} trainer slot(s) are busy"
         if jobs_ahead:
             return f"{jobs_ahead} job(s) ahead in the queue"
         return "being dispatched to a trainer"

@@ -10,6 +10,7 @@ from cnnswarm.store.artifacts import ArtifactStore
 from cnnswarm.store.catalog import Catalog
 from cnnswarm.store.db import create_schema, make_engine
 from cnnswarm.store.jobs import JobStore
+from cnnswarm.store.leader import LeaderLease
 from cnnswarm.store.trainers import TrainerRegistry
 
 
@@ -21,6 +22,7 @@ class Stores:
     jobs: JobStore
     catalog: Catalog
     trainers: TrainerRegistry
+    leader: LeaderLease
     artifacts: ArtifactStore
 
     def close(self) -> None:
@@ -41,5 +43,6 @@ def open_stores(database_url: str, home_dir: str | object) -> Stores:
         jobs=JobStore(engine),
         catalog=Catalog(engine),
         trainers=TrainerRegistry(engine),
+        leader=LeaderLease(engine),
         artifacts=artifacts,
     )

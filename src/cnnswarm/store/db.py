@@ -3,6 +3,10 @@
 SQLite (the embedded default) and PostgreSQL run the same SQLAlchemy Core code. Every state
 change is one transaction whose ``UPDATE ... WHERE`` names the state and attempt it expects
 (compare-and-set), so concurrent controllers and stale trainers cannot overwrite each other.
+
+``create_schema`` creates what is missing and brings a database of an earlier version up to
+date in place (see ``_upgrade_jobs_numbering``); it is idempotent and safe for several
+controllers starting at once.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
+    Identity,
     Integer,
     MetaData,
     String,
@@ -23,6 +29,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 
 metadata = MetaData()
@@ -30,8 +37,10 @@ metadata = MetaData()
 jobs = Table(
     "jobs",
     metadata,
-    Column("id", String(64), primary_key=True),
-    Column("seq", Integer, nullable=False, index=True),  # FIFO order of submission
+    # FIFO order of submission. The database numbers jobs (an identity column on PostgreSQL,
+    # AUTOINCREMENT on SQLite), so concurrent submits never share a number; never reused.
+    Column("seq", Integer, Identity(), primary_key=True),
+    Column("id", String(64), nullable=False, unique=True),
     Column("model_id", String(128), nullable=False),
     Column("dataset", String(128), nullable=False),
     Column("model_type", String(64), nullable=False),
@@ -52,6 +61,7 @@ jobs = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 # One row per model id in use (by a live job or a published model): the database, not a
@@ -151,7 +161,8 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (idempotent; safe for several controllers starting at once)."""
+    """Create missing tables and upgrade older ones (idempotent; safe for several controllers
+    starting at once)."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     try:
@@ -159,3 +170,51 @@ def create_schema(engine: Engine) -> None:
     except (IntegrityError, OperationalError, ProgrammingError):
         # Another controller created them at the same moment; check they are there now.
         metadata.create_all(engine)
+    _upgrade_jobs_numbering(engine)
+
+
+def _jobs_numbered_by_controller(conn: Connection) -> bool:
+    """True for a jobs table of the first version: keyed by ``id``, ``seq`` a plain column."""
+    return inspect(conn).get_pk_constraint("jobs")["constrained_columns"] == ["id"]
+
+
+def _upgrade_jobs_numbering(engine: Engine) -> None:
+    """Rebuild a first-version jobs table, whose ``seq`` controllers computed as ``max + 1``
+    (two concurrent submits on PostgreSQL could share one), as today's table with ``seq`` the
+    database's identity key. Jobs keep their order, renumbered 1..n; one transaction, so a
+    crash leaves the old table as it was. A no-op on a current table."""
+    with engine.connect() as conn:
+        if not _jobs_numbered_by_controller(conn):
+            return
+    with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE already excludes other writers
+        if conn.dialect.name == "postgresql":
+            # Controllers starting together: one rebuilds, the others then find it done.
+            conn.exec_driver_sql("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        if not _jobs_numbered_by_controller(conn):
+            return
+        old = "jobs_v1"
+        conn.exec_driver_sql(f"ALTER TABLE jobs RENAME TO {old}")
+        # The new table reuses these names (SQLite renames only its unnamed indexes).
+        found = inspect(conn)
+        for index in found.get_indexes(old):
+            if "duplicates_constraint" not in index:
+                conn.exec_driver_sql(f"DROP INDEX {index['name']}")
+        if conn.dialect.name == "postgresql":
+            names = [found.get_pk_constraint(old)["name"]]
+            names += [unique["name"] for unique in found.get_unique_constraints(old)]
+            for name in names:
+                conn.exec_driver_sql(f"ALTER TABLE {old} DROP CONSTRAINT {name}")
+        jobs.create(conn)
+        columns = ", ".join(column.name for column in jobs.c if column.name != "seq")
+        # created_at and id break ties between jobs that shared a number.
+        conn.exec_driver_sql(
+            f"INSERT INTO jobs (seq, {columns}) SELECT "
+            f"row_number() OVER (ORDER BY seq, created_at, id), {columns} FROM {old}"
+        )
+        if conn.dialect.name == "postgresql":
+            # Explicit values do not advance an identity; the next job follows the last copied.
+            conn.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('jobs', 'seq'), coalesce(max(seq), 0) + 1,"
+                " false) FROM jobs"
+            )
+        conn.exec_driver_sql(f"DROP TABLE {old}")

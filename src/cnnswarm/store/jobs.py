@@ -12,12 +12,14 @@ Lifecycle::
 its attempt; a write whose attempt no longer owns the job raises ``StaleAttempt`` (fencing), so
 one job never publishes two models. Guarantees: an accepted job survives any process crash
 (it is committed before 202 is answered); submissions with one ``Idempotency-Key`` create one
-job.
+job; the database numbers jobs (``seq``, the queue's order), so concurrent submits never share
+a number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
@@ -56,11 +58,9 @@ class JobStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(db.model_ids).values(model_id=spec.model_id, job_id=job_id))
-                seq = conn.execute(select(func.coalesce(func.max(db.jobs.c.seq), 0))).scalar_one()
                 conn.execute(
                     insert(db.jobs).values(
                         id=job_id,
-                        seq=int(seq) + 1,
                         model_id=spec.model_id,
                         dataset=spec.dataset,
                         model_type=spec.model_type,
@@ -131,15 +131,31 @@ class JobStore:
         counts.update({str(state): int(count) for state, count in rows})
         return counts
 
-    def queued_ahead(self, job: Job) -> int:
-        """How many queued jobs will be dispatched before ``job`` (0 = next)."""
+    def queue_positions(self, jobs: Sequence[Job]) -> dict[str, int]:
+        """For each queued job of ``jobs``, how many queued jobs will be dispatched before it.
+
+        Two queries however many jobs; a listing, whose jobs are adjacent in submission
+        order, reads no more rows than it lists.
+        """
+        seqs = sorted(job.seq for job in jobs if job.state == JobState.QUEUED)
+        if not seqs:
+            return {}
+        queued = db.jobs.c.state == JobState.QUEUED.value
         with self.engine.begin() as conn:
-            count = conn.execute(
-                select(func.count())
-                .select_from(db.jobs)
-                .where(db.jobs.c.state == JobState.QUEUED.value, db.jobs.c.seq < job.seq)
+            before = conn.execute(
+                select(func.count()).select_from(db.jobs).where(queued, db.jobs.c.seq < seqs[0])
             ).scalar_one()
-        return int(count)
+            among = conn.execute(
+                select(db.jobs.c.seq)
+                .where(queued, db.jobs.c.seq.between(seqs[0], seqs[-1]))
+                .order_by(db.jobs.c.seq)
+            ).scalars()
+            queued_seqs = list(among)
+        return {
+            job.id: int(before) + bisect_left(queued_seqs, job.seq)
+            for job in jobs
+            if job.state == JobState.QUEUED
+        }
 
     def running_per_trainer(self) -> dict[str, int]:
         """Running jobs now, per trainer id (what the scheduler balances on)."""
@@ -197,23 +213,26 @@ class JobStore:
             )
         return result.rowcount == 1
 
-    def renew(self, report: Mapping[str, Any], trainer_id: str, lease_s: float) -> str | None:
-        """Renew the lease of a job a trainer reports, with its progress.
+    def renew(
+        self,
+        job_id: str,
+        attempt: int,
+        trainer_id: str,
+        lease_s: float,
+        *,
+        progress: float | None = None,
+        epoch: int | None = None,
+        metrics: list[dict[str, Any]] | None = None,
+    ) -> str | None:
+        """Renew the lease of a job a trainer reports, recording the progress it reports
+        (None: not reported, left as it is).
 
         Returns None when the trainer still owns the job, else the reason it must drop it.
         """
-        job_id = str(report.get("job_id", ""))
-        attempt = report.get("attempt")
-        values: dict[str, Any] = {"lease_expires_at": db.now() + lease_s, "updated_at": db.now()}
-        progress = report.get("progress")
-        if isinstance(progress, int | float) and 0.0 <= float(progress) <= 1.0:
-            values["progress"] = float(progress)
-        epoch = report.get("epoch")
-        if isinstance(epoch, int) and epoch >= 0:
-            values["epoch"] = epoch
-        metrics = report.get("metrics")
-        if isinstance(metrics, list):
-            values["metrics"] = metrics
+        ts = db.now()
+        reported = {"progress": progress, "epoch": epoch, "metrics": metrics}
+        values: dict[str, Any] = {"lease_expires_at": ts + lease_s, "updated_at": ts}
+        values.update({name: value for name, value in reported.items() if value is not None})
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(db.jobs)

@@ -1,5 +1,4 @@
-"""Trainers as the controllers know them (from their heartbeats), and the scheduler's leader
-lease (exactly one controller schedules at a time)."""
+"""Trainers as the controllers know them, from their heartbeats."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cnnswarm.store import db
-
-LEADER_NAME = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ class Trainer:
 
 
 class TrainerRegistry:
-    """Trainers and the leader lease."""
+    """The trainers that have sent heartbeats. Every method is one transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -94,42 +91,3 @@ class TrainerRegistry:
                 delete(db.trainers).where(db.trainers.c.last_heartbeat < db.now() - age_s)
             )
         return int(result.rowcount)
-
-    def try_lead(self, holder: str, ttl_s: float) -> bool:
-        """Take or renew the scheduler lease; True while ``holder`` is the leader."""
-        ts = db.now()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(db.leader)
-                .where(
-                    db.leader.c.name == LEADER_NAME,
-                    (db.leader.c.holder == holder) | (db.leader.c.expires_at < ts),
-                )
-                .values(holder=holder, expires_at=ts + ttl_s)
-            )
-            if result.rowcount == 1:
-                return True
-            exists = conn.execute(
-                select(db.leader.c.holder).where(db.leader.c.name == LEADER_NAME)
-            ).first()
-            if exists is not None:
-                return False
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(db.leader).values(
-                            name=LEADER_NAME, holder=holder, expires_at=ts + ttl_s
-                        )
-                    )
-            except IntegrityError:
-                return False
-        return True
-
-    def resign(self, holder: str) -> None:
-        """Give up the lease at once (clean shutdown), so another controller takes over."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(db.leader)
-                .where(db.leader.c.name == LEADER_NAME, db.leader.c.holder == holder)
-                .values(expires_at=0.0)
-            )
