@@ -3,7 +3,8 @@
 Every method maps to one route. A non-2xx answer raises ``ClientError`` carrying the HTTP status
 and the server's JSON body (``exception``, ``error``, ``field``); an unreachable server raises
 ``ClientError`` with ``status == 0``. No method retries a write: ``submit_job`` takes an
-``idempotency_key`` so a caller can retry it safely itself.
+``idempotency_key`` so a caller can retry it safely itself. Ids and aliases go into a URL as
+one quoted path segment each, whatever characters they hold.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from cnnswarm.urls import quote_segment
 
 DEFAULT_URL = "http://127.0.0.1:48515"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -172,12 +175,14 @@ class Client:
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
         """One dataset's record."""
-        result: dict[str, Any] = self._json("GET", f"/api/v1/datasets/{dataset_id}")
+        result: dict[str, Any] = self._json("GET", f"/api/v1/datasets/{quote_segment(dataset_id)}")
         return result
 
     def delete_dataset(self, dataset_id: str) -> dict[str, Any]:
         """Delete an uploaded dataset; return the server's answer (``{}`` when empty)."""
-        result: dict[str, Any] = self._json("DELETE", f"/api/v1/datasets/{dataset_id}")
+        result: dict[str, Any] = self._json(
+            "DELETE", f"/api/v1/datasets/{quote_segment(dataset_id)}"
+        )
         return result
 
     # -- jobs -------------------------------------------------------------------------------
@@ -212,19 +217,19 @@ class Client:
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """One job (``state``, ``progress``, ``epoch``, ``metrics``, ...)."""
-        result: dict[str, Any] = self._json("GET", f"/api/v1/jobs/{job_id}")
+        result: dict[str, Any] = self._json("GET", f"/api/v1/jobs/{quote_segment(job_id)}")
         return result
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Ask for a job to be cancelled; return the job as the server has it now."""
-        result: dict[str, Any] = self._json("POST", f"/api/v1/jobs/{job_id}/cancel")
+        result: dict[str, Any] = self._json("POST", f"/api/v1/jobs/{quote_segment(job_id)}/cancel")
         return result
 
     def iter_job_events(self, job_id: str, read_timeout: float = 60.0) -> Iterator[JobEvent]:
         """Follow ``/jobs/<id>/events``, yielding each event as it arrives, until the stream
         ends (after the ``end`` event). Raises ``ClientError`` if the stream cannot be opened
         or breaks; events whose data is not a JSON object are skipped."""
-        path = f"/api/v1/jobs/{job_id}/events"
+        path = f"/api/v1/jobs/{quote_segment(job_id)}/events"
         response = self._send(
             "GET",
             path,
@@ -292,12 +297,12 @@ class Client:
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         """One model's record (by id or alias)."""
-        result: dict[str, Any] = self._json("GET", f"/api/v1/models/{model_id}")
+        result: dict[str, Any] = self._json("GET", f"/api/v1/models/{quote_segment(model_id)}")
         return result
 
     def delete_model(self, model_id: str) -> dict[str, Any]:
         """Delete a model; return the server's answer (``{}`` when empty)."""
-        result: dict[str, Any] = self._json("DELETE", f"/api/v1/models/{model_id}")
+        result: dict[str, Any] = self._json("DELETE", f"/api/v1/models/{quote_segment(model_id)}")
         return result
 
     def import_model(
@@ -333,7 +338,9 @@ class Client:
         export) at ``path``, replacing it only once the download is complete."""
         path = Path(path)
         route = "torchscript" if torchscript else "file"
-        response = self._send("GET", f"/api/v1/models/{model_id}/{route}", stream=True)
+        response = self._send(
+            "GET", f"/api/v1/models/{quote_segment(model_id)}/{route}", stream=True
+        )
         partial = path.with_name(f".{path.name}.part")
         try:
             with partial.open("wb") as out:
@@ -350,7 +357,7 @@ class Client:
     def set_alias(self, alias: str, model_id: str) -> dict[str, Any]:
         """Point ``alias`` at ``model_id`` (creating or moving it)."""
         result: dict[str, Any] = self._json(
-            "PUT", f"/api/v1/aliases/{alias}", json={"model_id": model_id}
+            "PUT", f"/api/v1/aliases/{quote_segment(alias)}", json={"model_id": model_id}
         )
         return result
 
@@ -385,7 +392,9 @@ class Client:
 
     def _predict(self, model: str, top_k: int | None, **kwargs: Any) -> list[dict[str, Any]]:
         params = {"top_k": top_k} if top_k is not None else None
-        body = self._json("POST", f"/api/v1/models/{model}/predict", params=params, **kwargs)
+        body = self._json(
+            "POST", f"/api/v1/models/{quote_segment(model)}/predict", params=params, **kwargs
+        )
         return _unwrap_list(body, "predictions")
 
     # -- cluster ----------------------------------------------------------------------------

@@ -269,3 +269,32 @@ def test_iter_events_can_be_read_concurrently_with_other_calls(controller: Any) 
     assert done.is_set()
     client.cancel_job(job["id"])
     assert [(e.event, e.job["state"]) for e in events] == [("end", "cancelled")]
+
+
+# A "/" is sent as %2F too (tests/test_urls.py), but WSGI servers decode it before routing.
+@pytest.mark.parametrize("hostile", ["..", ".", "../jobs", "m-1?top_k=1", "m-1#x", "m-1%2F", "a b"])
+def test_ids_and_aliases_reach_the_server_as_one_path_segment(
+    controller: Any, published: str, digit_files: list[tuple[Path, int]], hostile: str
+) -> None:
+    """Unquoted, ``../jobs`` would read the job list as a model and ``m-1?top_k=1`` would serve
+    model m-1: each id must arrive whole, and be refused, on the route it was meant for."""
+    client = Client(controller.url)
+    calls = [
+        ("GET", f"/api/v1/models/{hostile}", lambda: client.get_model(hostile)),
+        ("DELETE", f"/api/v1/models/{hostile}", lambda: client.delete_model(hostile)),
+        ("PUT", f"/api/v1/aliases/{hostile}", lambda: client.set_alias(hostile, published)),
+        (
+            "POST",
+            f"/api/v1/models/{hostile}/predict",
+            lambda: client.predict_images(hostile, [digit_files[0][0]]),
+        ),
+        ("GET", f"/api/v1/jobs/{hostile}", lambda: client.get_job(hostile)),
+        ("GET", f"/api/v1/datasets/{hostile}", lambda: client.get_dataset(hostile)),
+    ]
+    for method, path, call in calls:
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.status in (400, 404), (method, path, refused.value)
+        assert controller.requests[-1] == (method, path)
+    assert client.get_model(published)["id"] == published
+    assert sorted(client.get_model("prod")["aliases"]) == ["prod"]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -32,6 +31,7 @@ from cnnswarm.errors import (
     Unprocessable,
 )
 from cnnswarm.http import auth_headers
+from cnnswarm.urls import quote_segment
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class ControllerClient:
                 headers["If-None-Match"] = str(meta["etag"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        path = f"/internal/v1/datasets/{quote(dataset_id, safe='')}/arrays"
+        path = f"/internal/v1/datasets/{quote_segment(dataset_id)}/arrays"
         response = self._request(
             "GET", path, policy=policy, final=(304,), headers=headers, stream=True
         )
@@ -230,7 +230,7 @@ class ControllerClient:
         self, job_id: str, *, policy: RetryPolicy = RetryPolicy(None)
     ) -> bytes | None:
         """The job's latest checkpoint bytes, or None when it has none (404)."""
-        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/checkpoint"
+        path = f"/internal/v1/jobs/{quote_segment(job_id)}/checkpoint"
         response = self._request("GET", path, policy=policy, ok=(200,), final=(404,))
         if response.status_code == 404:
             return None
@@ -240,7 +240,7 @@ class ControllerClient:
         self, job_id: str, attempt: int, data: bytes, *, policy: RetryPolicy = RetryPolicy()
     ) -> None:
         """Store a checkpoint for this attempt; ``StaleAttempt`` when fenced."""
-        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/checkpoint"
+        path = f"/internal/v1/jobs/{quote_segment(job_id)}/checkpoint"
         self._request(
             "PUT",
             path,
@@ -254,7 +254,7 @@ class ControllerClient:
         self, job_id: str, attempt: int, data: bytes, *, policy: RetryPolicy = RetryPolicy(None)
     ) -> None:
         """Publish the final model artefact; ``StaleAttempt`` when fenced."""
-        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/result"
+        path = f"/internal/v1/jobs/{quote_segment(job_id)}/result"
         self._request(
             "POST",
             path,
@@ -274,7 +274,7 @@ class ControllerClient:
         policy: RetryPolicy = RetryPolicy(300.0),
     ) -> None:
         """Report that this attempt failed; ``StaleAttempt`` when fenced."""
-        path = f"/internal/v1/jobs/{quote(job_id, safe='')}/failure"
+        path = f"/internal/v1/jobs/{quote_segment(job_id)}/failure"
         body = {"attempt": attempt, "error": error, "retryable": retryable}
         self._request("POST", path, policy=policy, json=body)
 
