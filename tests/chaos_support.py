@@ -421,11 +421,13 @@ class FakeTrainer:
 
     def wait_dispatch(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """The dispatch body of ``job_id`` (heartbeating meanwhile so the scheduler sees it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for body in self.dispatches:
-                if body.get("job_id") == job_id:
-                    return body
-            self.beat()
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} was not dispatched to {self.trainer_id}")
+
+        def dispatched() -> dict[str, Any] | None:
+            body = next((b for b in self.dispatches if b.get("job_id") == job_id), None)
+            if body is None:
+                self.beat()
+            return body
+
+        return wait_until(
+            dispatched, timeout, interval=0.1, what=f"job {job_id} dispatched to {self.trainer_id}"
+        )

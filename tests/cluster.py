@@ -43,7 +43,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any, Literal
 import requests
 
 from cnnswarm.client import Client
+from support import WaitTimedOut, wait_until
 
 Role = Literal["controller", "trainer"]
 
@@ -174,11 +174,12 @@ def living_group_members(group: int) -> list[int]:
 
 def _wait_group_gone(group: int, timeout: float = 5.0) -> None:
     """Wait until no living process of ``group`` is left (SIGKILL is not instantaneous)."""
-    deadline = time.monotonic() + timeout
-    while living_group_members(group):
-        if time.monotonic() > deadline:
-            raise ClusterError(f"process group {group} is still alive {timeout}s after SIGKILL")
-        time.sleep(0.02)
+    try:
+        wait_until(lambda: not living_group_members(group), timeout, interval=0.02)
+    except WaitTimedOut:
+        raise ClusterError(
+            f"process group {group} is still alive {timeout}s after SIGKILL"
+        ) from None
 
 
 class Cluster:
@@ -373,8 +374,8 @@ class Cluster:
 
     def wait_ready(self, server: ServerProcess, timeout: float = STARTUP_TIMEOUT_S) -> str:
         """Wait for the server's URL file and a 2xx ``/readyz``; return its URL."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if not server.alive():
                 raise ClusterError(
                     f"{server.name} exited with status {server.process and server.process.poll()}"
@@ -385,10 +386,16 @@ class Cluster:
                 server.port = int(server.url.rsplit(":", 1)[1])
             if server.url:
                 with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{server.url}/readyz", timeout=2).ok:
-                        return server.url
-            time.sleep(0.05)
-        raise ClusterError(f"{server.name} was not ready after {timeout}s\n{server.log_tail()}")
+                    return requests.get(f"{server.url}/readyz", timeout=2).ok
+            return False
+
+        try:
+            wait_until(ready, timeout)
+        except WaitTimedOut:
+            raise ClusterError(
+                f"{server.name} was not ready after {timeout}s\n{server.log_tail()}"
+            ) from None
+        return server.url
 
     # -- looking things up -------------------------------------------------------------------
 

@@ -23,18 +23,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class WaitTimedOut(AssertionError):
+    """``wait_until``'s condition did not hold before its deadline."""
+
+
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "it"
+    predicate: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "it",
+    *,
+    ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy and return that; raise
+    ``WaitTimedOut`` naming ``what`` (a callable is asked at the deadline, so it can describe
+    the state then) after ``timeout`` seconds. Exceptions of the ``ignoring`` types count as
+    "not yet", and the last one is named in the failure."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while True:
-        value = predicate()
+        value: T | None
+        try:
+            value = predicate()
+        except ignoring as exc:
+            last_error, value = exc, None
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise WaitTimedOut(f"timed out after {timeout}s waiting for {described}{detail}")
         time.sleep(interval)
+
+
+def drive_until(
+    step: Callable[[], object],
+    condition: Callable[[], T | None],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "it",
+) -> T:
+    """``wait_until(condition)`` running ``step`` before each check: the test drives one round
+    of the loop under test itself (``JobRunner.poll``, as rq's burst mode)."""
+
+    def stepped() -> T | None:
+        step()
+        return condition()
+
+    return wait_until(stepped, timeout, what=what)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

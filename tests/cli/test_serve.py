@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+from typing import Any
 
 import requests
+
+from support import wait_until
 
 SERVER_SCRIPT = textwrap.dedent(
     """
@@ -57,17 +59,18 @@ def test_serve_app_binds_port_0_builds_the_app_in_the_worker_and_stops_on_sigter
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        info = None
-        while time.monotonic() < deadline and info is None:
+
+        def answered() -> dict[str, Any] | None:
             assert process.poll() is None, process.communicate()
             if url_file.exists():
-                url = url_file.read_text().strip()
                 with contextlib.suppress(requests.RequestException):
-                    info = requests.get(f"{url}/info", timeout=2).json()
-            if info is None:
-                time.sleep(0.05)
-        assert info is not None, "server never answered"
+                    info_url = f"{url_file.read_text().strip()}/info"
+                    answer: dict[str, Any] = requests.get(info_url, timeout=2).json()
+                    return answer
+            return None
+
+        info = wait_until(answered, 60, what="the server to answer")
+        url = url_file.read_text().strip()
         assert url == f"http://127.0.0.1:{info['port']}" and info["port"] > 0
         assert info["pid"] != process.pid  # built in the worker, after the fork
         assert info["torch_threads"] == 1

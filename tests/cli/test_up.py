@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnnswarm.client import Client
+from support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -40,17 +41,21 @@ def test_up_serves_until_sigterm_then_leaves_no_process(tmp_path: Path) -> None:
     children: list[int] = []
     try:
         deadline = time.monotonic() + 90
-        while not url_file.exists():
+
+        def url_written() -> bool:
             assert up.poll() is None, up.communicate()[0]
-            assert time.monotonic() < deadline, "up never wrote its URL file"
-            time.sleep(0.1)
+            return url_file.exists()
+
+        wait_until(url_written, 90, interval=0.1, what="up to write its URL file")
         client = Client(url_file.read_text().strip(), timeout=5)
         assert client.ready()
-        trainers: list[dict[str, object]] = []
-        while len(trainers) < 1:  # the trainer was ready before the URL file was written
-            assert time.monotonic() < deadline, "the trainer never registered"
-            trainers = client.status()["train_jobs"]
-            time.sleep(0.1)
+        # The trainer was ready before the URL file was written.
+        wait_until(
+            lambda: client.status()["train_jobs"],
+            deadline - time.monotonic(),
+            interval=0.1,
+            what="the trainer to register",
+        )
         children = [
             int(pid)
             for pid in subprocess.run(

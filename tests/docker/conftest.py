@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from support import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_BASE = "python:3.11-slim"
 LOCAL_BASE = "cnn-swarm/base:bookworm-py3.11"  # what .ci/docker-setup builds when it must
@@ -274,19 +276,9 @@ def secrets_dir(tmp_path: Path) -> Path:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception as exc:
-            last_error = exc
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last_error})")
+    """``support.wait_until`` in the Docker tests' argument order: a check that raises (a
+    container still starting) counts as "not yet"."""
+    return wait_until(check, timeout, interval, what=what, ignoring=(Exception,))
 
 
 @pytest.fixture(scope="session")

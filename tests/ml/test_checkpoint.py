@@ -6,7 +6,6 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from cnnswarm.ml.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
-from support import MarkerPayload
+from support import MarkerPayload, wait_until
 
 torch.set_num_threads(1)
 
@@ -79,13 +78,12 @@ def test_a_writer_killed_mid_write_leaves_a_whole_checkpoint(tmp_path: Path) -> 
     path = tmp_path / "job.ckpt"
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)])
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # wait until it has replaced the file a few times
-            if path.exists() and load_checkpoint(path)["step"] >= 3:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the writer did not write three checkpoints in 30 s")
+        wait_until(  # until it has replaced the file a few times
+            lambda: path.exists() and load_checkpoint(path)["step"] >= 3,
+            30,
+            interval=0.01,
+            what="the writer to write three checkpoints",
+        )
     finally:
         writer.kill()  # SIGKILL, most likely in the middle of a write
         writer.wait()

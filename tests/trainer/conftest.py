@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from werkzeug.serving import make_server
 
 from cnnswarm.config import Settings
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
+from support import wait_until
 
 
 def tiny_dataset(num_train: int = 48, num_test: int = 16) -> ArrayDataset:
@@ -80,11 +80,7 @@ class FakeController:
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
         """Poll ``condition`` until it holds; fail the test at the deadline."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met before the deadline")
-            time.sleep(0.05)
+        wait_until(condition, timeout)
 
 
 def _build_app(state: FakeController) -> Flask:

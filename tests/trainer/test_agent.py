@@ -13,6 +13,7 @@ from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_i
 from cnnswarm.trainer.child import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobPhase, JobRunner
+from support import drive_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,15 +28,6 @@ def make_agent(settings: Settings) -> tuple[HeartbeatAgent, JobRunner]:
     runner = JobRunner(settings, client)
     agent = HeartbeatAgent(settings, runner, client, trainer_id="t1", url="http://10.0.0.7:48516")
     return agent, runner
-
-
-def poll_until(runner: JobRunner, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        runner.poll()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met; status {runner.status()}")
-        time.sleep(0.05)
 
 
 def test_heartbeat_reports_jobs_and_obeys_drops(
@@ -62,7 +54,7 @@ def test_heartbeat_reports_jobs_and_obeys_drops(
         agent.beat_once()
         job = runner.job("j1")
         assert job is not None
-        poll_until(runner, lambda: job.phase.is_final)
+        drive_until(runner.poll, lambda: job.phase.is_final, what=lambda: str(runner.status()))
         assert job.phase is JobPhase.DROPPED
         assert fake_controller.failures == []
         agent.beat_once()

@@ -6,7 +6,6 @@ their slot without training; that keeps these tests fast.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from flask.testing import FlaskClient
 
 from cnnswarm.config import Settings
 from cnnswarm.trainer.app import TrainerService, create_app
-from support import wait_until
+from support import drive_until, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,17 +57,6 @@ def service(app: Flask) -> TrainerService:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def poll_until(app: Flask, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        service(app).runner.poll()
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.05)
 
 
 def test_seed_routes(client: FlaskClient):
@@ -144,7 +132,10 @@ def test_dispatch_runs_then_full_then_cancel(app: Flask, client: FlaskClient, fa
 
     cancel = client.post("/jobs/j1/cancel", headers=AUTH)
     assert cancel.status_code == 200 and cancel.get_json()["cancelled"] is True
-    poll_until(app, lambda: client.get("/status").get_json()["jobs"]["j1"]["complete"])
+    drive_until(
+        service(app).runner.poll,
+        lambda: client.get("/status").get_json()["jobs"]["j1"]["complete"],
+    )
     assert client.get("/status").get_json()["jobs"]["j1"]["state"] == "cancelled"
     assert client.get("/status").get_json()["free_slots"] == 1
     assert fake_controller.failures == []

@@ -21,6 +21,7 @@ from cnnswarm.ml.train import train
 from cnnswarm.trainer.child import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobPhase, JobRunner, StopReason
+from support import drive_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,14 +61,7 @@ def runner(
 
 def poll_until(runner: JobRunner, condition: Callable[[], bool], timeout: float = 60.0) -> None:
     """Drive the runner's watcher by hand until ``condition`` holds (fails at the deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runner.poll()
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s; status {runner.status()}")
-        time.sleep(0.05)
+    drive_until(runner.poll, condition, timeout, what=lambda: f"it; status {runner.status()}")
 
 
 def ended(runner: JobRunner, job_id: str) -> Callable[[], bool]:
