@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit venv clean
+.PHONY: run test lint typecheck unit venv clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,19 @@ run: $(STAMP)
 	$(BIN)/cnn-swarm up --trainers 2
 
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports  # the layers: contracts in pyproject.toml [tool.importlinter]
+
+## Debian's chromium for the browser tests; installed when missing and we may (root), else they skip.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium is missing and cannot be installed here: the browser tests will skip"
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
