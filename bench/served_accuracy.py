@@ -11,7 +11,7 @@ issue 8's report (``num_epochs 10, scheduler_mode plateau``; the seed's lr and m
 Printed: one Markdown row per model type (epochs, wall time of the job, recorded final
 ``test_accuracy``, served accuracy per form), then ``ratio=`` the lowest served accuracy over
 its recorded one (1.0 when what is served is what was measured). Exit status 1 if any served
-accuracy differs from the recorded one by more than 0.01. About 4 minutes on 2 shared cores.
+accuracy differs from the recorded one by more than 0.01. About 11 minutes on 2 shared cores.
 
 Run: ``.venv/bin/python bench/served_accuracy.py [--models ResNet8,SmallConvNet]``
 """

@@ -274,3 +274,12 @@ def test_a_model_without_per_site_statistics_is_refused_with_what_to_do(
     assert answer.status_code == 409, answer.json
     assert answer.json["field"] == "model_id"
     assert "POST /api/v1/models" in answer.json["error"]
+    again = client.post(
+        "/api/v1/models/old-seed-net/predict", json={"examples": [[[[0.0] * 32] * 32] * 3]}
+    )
+    assert again.status_code == 409  # refused every time, never served after a failed load
+    assert client.get("/api/v1/models/old-seed-net/torchscript").status_code == 409
+    # Its file can still be downloaded, to import it again with its training data.
+    downloaded = client.get("/api/v1/models/old-seed-net/file")
+    assert downloaded.status_code == 200
+    assert set(artifact_from_bytes(downloaded.data).state_dict) == set(state)

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, request, send_file
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.model_import import ImportRequest, import_model
 from cnnswarm.controller.openapi import ERROR, MODEL, doc
+from cnnswarm.controller.predictor import servable_model
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import require_token, uploaded_file
 from cnnswarm.ml.artifact import load_artifact
@@ -118,7 +119,10 @@ def download_model_file(model_id: str) -> Response:
 )
 def download_torchscript(model_id: str) -> Response:
     resolved, path = _model_file(model_id)
-    exported = torchscript_bytes(load_artifact(path))
+    artifact = load_artifact(path)
+    servable_model(artifact, resolved)  # the export must serve what was measured, as predict
+    with ctx().predictor.admitted():  # tracing costs a few forwards: counted as inference
+        exported = torchscript_bytes(artifact)
     return send_file(
         io.BytesIO(exported),
         mimetype="application/octet-stream",

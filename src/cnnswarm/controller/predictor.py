@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from torch import nn
 
 from cnnswarm.config import Settings
 from cnnswarm.errors import Conflict, InvalidInput, Overloaded
-from cnnswarm.ml.artifact import load_artifact
+from cnnswarm.ml.artifact import ModelArtifact, load_artifact
 from cnnswarm.ml.inference import fold_batch_norms
 from cnnswarm.ml.models import needs_calibration
 from cnnswarm.ml.preprocess import Preprocessing
@@ -181,33 +182,28 @@ class Predictor:
             with self._lock:
                 loaded = self._models.get(key)
             if loaded is None:
-                artifact = load_artifact(home_dir / model_row["filename"])
-                prep = Preprocessing.from_json(artifact.preprocessing)
-                sample = torch.randn(
-                    2, prep.channels, prep.height, prep.width, generator=torch.Generator()
-                )
-                model = artifact.build_model()
-                if needs_calibration(model):
-                    raise Conflict(
-                        f"model {model_row['id']!r} has no batch-norm statistics per call site "
-                        "(a seed .pth, or trained before they existed), so it cannot serve what "
-                        "it learned; import its file again with POST /api/v1/models naming its "
-                        "training dataset, which recalibrates it",
-                        field="model_id",
-                    )
-                model = fold_batch_norms(model, sample)
-                loaded = LoadedModel(
-                    model_id=str(model_row["id"]),
-                    classes=list(artifact.classes),
-                    preprocessing=prep,
-                    batcher=Batcher(model, self.settings.predict_max_batch),
-                )
+                try:
+                    loaded = self._load(model_row, home_dir)
+                finally:
+                    with self._lock:
+                        self._loading.pop(key, None)
                 with self._lock:
                     self._models[key] = loaded
                     while len(self._models) > self.settings.predict_cache_models:
                         self._models.popitem(last=False)
-                    self._loading.pop(key, None)
         return loaded
+
+    def _load(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
+        artifact = load_artifact(home_dir / model_row["filename"])
+        prep = Preprocessing.from_json(artifact.preprocessing)
+        sample = torch.randn(2, prep.channels, prep.height, prep.width, generator=torch.Generator())
+        model = fold_batch_norms(servable_model(artifact, str(model_row["id"])), sample)
+        return LoadedModel(
+            model_id=str(model_row["id"]),
+            classes=list(artifact.classes),
+            preprocessing=prep,
+            batcher=Batcher(model, self.settings.predict_max_batch),
+        )
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted model from the cache."""
@@ -216,10 +212,10 @@ class Predictor:
                 del self._models[key]
             self._rows.clear()
 
-    def predict(
-        self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
-    ) -> list[dict[str, Any]]:
-        """Class, probability and the ``top_k`` best classes for each input row."""
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Run the block as one of at most ``predict_max_inflight`` inference requests;
+        ``Overloaded`` (503 with ``Retry-After``) when that many are already running."""
         if not self._inflight.acquire(blocking=False):
             raise Overloaded(
                 f"more than {self.settings.predict_max_inflight} predict requests in flight; "
@@ -227,9 +223,16 @@ class Predictor:
                 retry_after=1,
             )
         try:
-            probs = loaded.batcher.probabilities(inputs)
+            yield
         finally:
             self._inflight.release()
+
+    def predict(
+        self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
+    ) -> list[dict[str, Any]]:
+        """Class, probability and the ``top_k`` best classes for each input row."""
+        with self.admitted():
+            probs = loaded.batcher.probabilities(inputs)
         k = min(top_k, probs.shape[1])
         values, indices = torch.topk(probs, k, dim=1)
         predictions = []
@@ -240,6 +243,22 @@ class Predictor:
             ]
             predictions.append({**ranked[0], "top_k": ranked})
         return predictions
+
+
+def servable_model(artifact: ModelArtifact, model_id: str) -> nn.Module:
+    """The artefact's model in eval mode; ``Conflict`` when it cannot serve what it learned (the
+    seed's network without statistics per call site would predict at chance level)."""
+    model = artifact.build_model()
+    if needs_calibration(model):
+        raise Conflict(
+            f"model {model_id!r} has no batch-norm statistics per call site (a seed .pth, or "
+            "trained before cnn-swarm kept them), so it would predict at chance level: download "
+            "its file, delete the model, and import the file again naming its training dataset "
+            "(POST /api/v1/models, or cnn-swarm models import FILE --dataset D), which "
+            "recalibrates it",
+            field="model_id",
+        )
+    return model
 
 
 def examples_to_tensor(examples: Any, prep: Preprocessing, max_items: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from cnnswarm.ml.datasets.base import ArrayDataset, Normalization, normalize
 SEED_BATCH_SIZE = 64  # the seed trained with batches of 64
 # Enough batches for the averages to settle, few enough to cost a small part of an epoch.
 CALIBRATION_IMAGES = 4096
+CALIBRATION_MIN_BATCH = 16
 
 
 def recalibrate_batch_norms(
@@ -66,6 +67,8 @@ def recalibrate_on_images(
     """``recalibrate_batch_norms`` on uint8 ``images`` ``(N, C, H, W)`` (on the CPU), run on
     ``device`` (default: the CPU). Only the batch norms run in train mode (dropout stays off)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # Population statistics are the aim; batches of one image would make each a lone image's.
+    batch_size = max(batch_size, CALIBRATION_MIN_BATCH)
     order = np.random.default_rng(0).permutation(len(images))[:max_images]
     momenta = [norm.momentum for norm in norms]
     model.eval()
