@@ -1,5 +1,6 @@
 """The scheduler offers a job to the next trainer when one refuses it (regression: a trainer
-still wrapping up a finished job answered 409 round after round while another sat idle)."""
+still wrapping up a finished job answered 409 round after round while another sat idle), and
+reaches the trainer on the path meant when it asks it to cancel."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
@@ -15,14 +17,15 @@ from cnnswarm.controller.context import ControllerContext
 
 
 class _Trainer(BaseHTTPRequestHandler):
-    """A minimal trainer ``/train`` endpoint answering a fixed status code."""
+    """A minimal trainer answering every POST with a fixed status code; it records each
+    request's JSON body, with the raw request path under ``"path"``."""
 
     status = 202
     received: list[dict[str, object]]
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.received.append(body)
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append({**(json.loads(raw) if raw else {}), "path": self.path})
         payload = json.dumps({"status": {"initiated": True}}).encode()
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
@@ -74,3 +77,25 @@ def test_a_refused_job_goes_to_the_next_trainer_in_the_same_round(
     assert [b["job_id"] for b in trainers["b-idle"][1]] == [job["id"]]
     stored = context.stores.jobs.get(job["id"])
     assert (stored.state.value, stored.trainer_id, stored.attempt) == ("running", "b-idle", 1)
+
+
+@pytest.mark.parametrize("hostile", ["..", "../train", "j-1?x=1", "j-1#x", "a/b", "j%2F"])
+def test_a_cancel_reaches_the_trainer_with_the_job_id_as_one_segment(
+    context: ControllerContext,
+    trainers: dict[str, tuple[str, list[dict[str, object]]]],
+    hostile: str,
+) -> None:
+    url, received = trainers["b-idle"]
+    context.stores.trainers.heartbeat("b-idle", url, 1, [])
+
+    context.scheduler.tell_trainer_to_cancel("b-idle", hostile)
+
+    # requests decodes %2E back to "." on the wire, so compare the path segment by segment.
+    [request] = received
+    path = urlsplit(str(request["path"])).path
+    assert [unquote(segment) for segment in path.split("/")] == [
+        "",
+        "jobs",
+        hostile,
+        "cancel",
+    ]

@@ -29,6 +29,7 @@ from cnnswarm.http import auth_headers
 from cnnswarm.store import Stores
 from cnnswarm.store.jobs import Job, JobState
 from cnnswarm.store.trainers import Trainer
+from cnnswarm.urls import quote_segment
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,21 @@ class Scheduler:
             log.warning("job %s lost its trainer: now %s (%s)", job.id, job.state.value, job.error)
         return self._dispatch_queued()
 
-    def _free_slots(self) -> dict[str, tuple[Trainer, int]]:
+    def _live_trainers(self) -> dict[str, tuple[Trainer, int]]:
+        """Each live trainer by id, with the number of jobs the DB says run on it now."""
+        alive = self.stores.trainers.alive(self.settings.lease_timeout_s)
+        if not alive:
+            return {}  # no need to count running jobs
         running = self.stores.jobs.running_per_trainer()
-        free: dict[str, tuple[Trainer, int]] = {}
-        for trainer in self.stores.trainers.alive(self.settings.lease_timeout_s):
-            slots = trainer.slots - running.get(trainer.id, 0)
-            if slots > 0:
-                free[trainer.id] = (trainer, running.get(trainer.id, 0))
-        return free
+        return {t.id: (t, running.get(t.id, 0)) for t in alive}
+
+    def _free_slots(self) -> dict[str, tuple[Trainer, int]]:
+        """The live trainers with a free slot, each with its running job count."""
+        return {
+            trainer.id: (trainer, running)
+            for trainer, running in self._live_trainers().values()
+            if trainer.free_slots(running)
+        }
 
     def _dispatch_queued(self) -> list[Job]:
         dispatched: list[Job] = []
@@ -134,10 +142,10 @@ class Scheduler:
                 if outcome == "accepted":
                     dispatched.append(claimed)
                     running += 1
-                    if running >= trainer.slots:
-                        del free[trainer_id]
-                    else:
+                    if trainer.free_slots(running):
                         free[trainer_id] = (trainer, running)
+                    else:
+                        del free[trainer_id]
                     break
                 del free[trainer_id]  # do not try it again this round
                 if not self.stores.jobs.unclaim(claimed):
@@ -192,7 +200,7 @@ class Scheduler:
             return
         try:
             self._session.post(
-                f"{trainer.url.rstrip('/')}/jobs/{job_id}/cancel",
+                f"{trainer.url.rstrip('/')}/jobs/{quote_segment(job_id)}/cancel",
                 headers=auth_headers(self.settings.api_token),
                 timeout=DISPATCH_TIMEOUT_S,
             )
@@ -206,14 +214,11 @@ class Scheduler:
 
     def capacity(self) -> Capacity:
         """The live trainers' slots now (two queries, read once for a whole job listing)."""
-        alive = self.stores.trainers.alive(self.settings.lease_timeout_s)
-        if not alive:
-            return Capacity(trainers=0, slots=0, free_slots=0)
-        running = self.stores.jobs.running_per_trainer()
+        live = self._live_trainers().values()
         return Capacity(
-            trainers=len(alive),
-            slots=sum(t.slots for t in alive),
-            free_slots=sum(max(0, t.slots - running.get(t.id, 0)) for t in alive),
+            trainers=len(live),
+            slots=sum(trainer.slots for trainer, _ in live),
+            free_slots=sum(trainer.free_slots(running) for trainer, running in live),
         )
 
 

@@ -26,16 +26,20 @@ class Trainer:
         """Heard from within ``timeout_s``."""
         return (db.now() if at is None else at) - self.last_heartbeat <= timeout_s
 
+    def free_slots(self, running_now: int) -> int:
+        """Slots left with ``running_now`` jobs on this trainer (never negative)."""
+        return max(0, self.slots - running_now)
+
     def to_json(self, timeout_s: float, running_now: int) -> dict[str, Any]:
         """The API's view of a trainer."""
         alive = self.is_alive(timeout_s)
         return {
             "id": self.id,
             "url": self.url,
-            "state": ("busy" if running_now >= self.slots else "idle") if alive else "lost",
+            "state": ("idle" if self.free_slots(running_now) else "busy") if alive else "lost",
             "slots": self.slots,
             "running_jobs": self.running,
-            "free_slots": max(0, self.slots - running_now) if alive else 0,
+            "free_slots": self.free_slots(running_now) if alive else 0,
             "last_heartbeat": self.last_heartbeat,
             "seconds_since_heartbeat": round(db.now() - self.last_heartbeat, 3),
         }
