@@ -7,7 +7,10 @@ them into JSON at one boundary (``cnnswarm.http.register_error_handlers``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class CnnSwarmError(Exception):
@@ -36,6 +39,36 @@ class InvalidInput(CnnSwarmError):
 
     status = 400
     code = "InvalidInputArg"
+
+    @classmethod
+    def from_validation_error(
+        cls, error: ValidationError, *, known: Iterable[str], what: str = "field"
+    ) -> InvalidInput:
+        """pydantic's first complaint as one InvalidInput whose ``field`` is the top-level key
+        at fault; unknown keys are listed together with the ``known`` ones."""
+        problems = error.errors(include_url=False)
+        unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] in _UNKNOWN_KEY)
+        if unknown:
+            return cls(
+                f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                field=unknown[0],
+            )
+        problem = problems[0]
+        location = problem["loc"]
+        where = ".".join(str(part) for part in location) or "the body"
+        if problem["type"] in _MISSING:
+            return cls(f"{where} is required", field=str(location[0]) if location else None)
+        _, _, rest = problem["msg"].partition(" ")
+        # "Input should be ..." and "String should match ..." read better as "lr should ..."
+        said = f"{where} {rest}" if rest.startswith("should ") else f"{where}: {problem['msg']}"
+        shown = repr(problem.get("input"))
+        if len(shown) > 80:  # a hostile body can be megabytes long
+            shown = shown[:77] + "..."
+        return cls(f"{said}, got {shown}", field=str(location[0]) if location else None)
+
+
+_UNKNOWN_KEY = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
+_MISSING = frozenset({"missing", "missing_keyword_argument"})
 
 
 class Unprocessable(CnnSwarmError):

@@ -11,18 +11,18 @@ is meant for digits and characters, where a mirrored "2" or "7" is not a "2" or 
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.models import model_spec
 
-SCHEDULER_MODES = ("multistep", "exponential", "plateau", "cosine", "none")
-OPTIMIZERS = ("sgd", "adamw")
-_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+SchedulerMode = Literal["multistep", "exponential", "plateau", "cosine", "none"]
+Optimizer = Literal["sgd", "adamw"]
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "seed": None,
@@ -69,23 +69,49 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """Validated options for one training run (build with ``from_dict``)."""
+def _wire_schema(schema: dict[str, Any]) -> None:
+    # On the wire every key is optional: a missing one takes the model's default.
+    schema.pop("required", None)
+    schema["description"] = (
+        "Training options; every key is optional and defaults depend on model_type."
+    )
 
-    num_epochs: int
-    lr: float
-    momentum: float  # SGD momentum; AdamW's beta1
-    scheduler_mode: str  # multistep | exponential | plateau | cosine | none
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"  # sgd | adamw
-    seed: int | None = None  # None: drawn at start and recorded, so a resume repeats it
-    augment: bool = True  # per-sample random left-right flip
-    checkpoint_every_batches: int = 0  # 0: a checkpoint after each epoch only
-    device: str | None = None  # "cpu", "cuda", "cuda:N"; None: CUDA when present
-    force_cpu: bool = False
-    bf16: bool = False  # bfloat16 autocast for forward and loss
+
+# strict: 1 is not true and "3" is not 3; extra="forbid": a misspelt option is refused, not
+# silently ignored; allow_inf_nan=False: NaN and Infinity are refused by name.
+_STRICT = ConfigDict(
+    strict=True, extra="forbid", allow_inf_nan=False, json_schema_extra=_wire_schema
+)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainOptions:
+    """Validated options for one training run (build with ``from_dict``).
+
+    The declaration is the validation and the ``train_opts`` JSON schema (``json_schema()``).
+    """
+
+    num_epochs: Annotated[int, Field(ge=1, le=10_000)]
+    lr: Annotated[float, Field(gt=0.0, le=10.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0, description="SGD momentum; AdamW's beta1")]
+    scheduler_mode: SchedulerMode
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
+    optimizer: Optimizer
+    seed: Annotated[
+        int | None,
+        Field(ge=0, le=2**63 - 1, description="null: drawn at start and recorded"),
+    ]
+    augment: Annotated[bool, Field(description="per-sample random left-right flip")]
+    checkpoint_every_batches: Annotated[
+        int, Field(ge=0, le=10**9, description="0: a checkpoint after each epoch only")
+    ]
+    device: Annotated[
+        str | None,
+        Field(pattern=r"^(cpu|cuda(:\d+)?)$", description="null: CUDA when present"),
+    ]
+    force_cpu: bool
+    bf16: Annotated[bool, Field(description="bfloat16 autocast for forward and loss")]
 
     @classmethod
     def from_dict(cls, opts: Mapping[str, Any] | None, *, model_type: str) -> TrainOptions:
@@ -95,83 +121,22 @@ class TrainOptions:
             opts = {}
         if not isinstance(opts, Mapping):
             raise InvalidInput("train_opts must be an object or null", field="train_opts")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in opts if k not in known)
-        if unknown:
-            raise InvalidInput(
-                f"unknown train_opts key(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}",
-                field=unknown[0],
-            )
         values = {**_COMMON_DEFAULTS, **MODEL_DEFAULTS[model_type], **opts}
-        return cls(
-            num_epochs=_int(values, "num_epochs", 1, 10_000),
-            lr=_float(values, "lr", 0.0, 10.0, low_open=True),
-            momentum=_float(values, "momentum", 0.0, 1.0, high_open=True),
-            scheduler_mode=_choice(values, "scheduler_mode", SCHEDULER_MODES),
-            batch_size=_int(values, "batch_size", 1, 65_536),
-            weight_decay=_float(values, "weight_decay", 0.0, 1.0),
-            optimizer=_choice(values, "optimizer", OPTIMIZERS),
-            seed=None if values.get("seed") is None else _int(values, "seed", 0, 2**63 - 1),
-            augment=_bool(values, "augment"),
-            checkpoint_every_batches=_int(values, "checkpoint_every_batches", 0, 10**9),
-            device=_device(values.get("device")),
-            force_cpu=_bool(values, "force_cpu"),
-            bf16=_bool(values, "bf16"),
-        )
+        try:
+            # The constructor validates (so does dataclasses.replace); dict input would need
+            # lax mode, which turns 1 into true.
+            return cls(**{str(key): value for key, value in values.items()})
+        except ValidationError as exc:
+            known = [f.name for f in fields(cls)]
+            raise InvalidInput.from_validation_error(
+                exc, known=known, what="train_opts key"
+            ) from None
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        """The JSON schema of ``train_opts`` as a client sends it."""
+        return TypeAdapter(TrainOptions).json_schema()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; ``from_dict(to_dict())`` gives the same options back."""
         return asdict(self)
-
-
-def _int(values: Mapping[str, Any], key: str, low: int, high: int) -> int:
-    value = values.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"{key} must be an integer, got {value!r}", field=key)
-    if not low <= value <= high:
-        raise InvalidInput(f"{key} must be in {low}..{high}, got {value}", field=key)
-    return value
-
-
-def _float(
-    values: Mapping[str, Any],
-    key: str,
-    low: float,
-    high: float,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    value = values.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise InvalidInput(f"{key} must be a number, got {value!r}", field=key)
-    number = float(value)
-    too_low = number <= low if low_open else number < low
-    too_high = number >= high if high_open else number > high
-    if not math.isfinite(number) or too_low or too_high:
-        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise InvalidInput(f"{key} must be in {bounds}, got {value!r}", field=key)
-    return number
-
-
-def _choice(values: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
-    value = values.get(key)
-    if value not in choices:
-        raise InvalidInput(f"{key} must be one of {', '.join(choices)}, got {value!r}", field=key)
-    return str(value)
-
-
-def _bool(values: Mapping[str, Any], key: str) -> bool:
-    value = values.get(key)
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{key} must be true or false, got {value!r}", field=key)
-    return value
-
-
-def _device(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _DEVICE_PATTERN.match(value):
-        raise InvalidInput(f"device must be cpu, cuda or cuda:N, got {value!r}", field="device")
-    return value
