@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import io
 import socket
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 T = TypeVar("T")
 
@@ -21,6 +27,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: object) -> None:
+        """No access log: it would land in the captured stderr some tests read."""
+
+
+@contextmanager
+def serve_in_thread(app: WSGIApplication) -> Iterator[str]:
+    """``app`` served by werkzeug in a thread on 127.0.0.1:<ephemeral> until the block ends;
+    yields its URL. The server is shut down and its socket closed even if the block raises."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    # A short poll interval: shutdown() waits for the loop to notice, once per test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
 
 
 class WaitTimedOut(AssertionError):

@@ -10,14 +10,13 @@ publishes a real model file, so a job goes through its real states as fast as a 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
@@ -25,7 +24,7 @@ from cnnswarm.controller.context import ControllerContext
 from cnnswarm.ml.artifact import artifact_to_bytes
 from cnnswarm.ml.datasets.registry import load_builtin
 from cnnswarm.ml.train import train
-from support import digits_png, image_folder_zip
+from support import digits_png, image_folder_zip, serve_in_thread
 
 TOKEN = "s3cret"
 TRAINER_ID = "t-1"
@@ -33,11 +32,6 @@ TRAINER_ID = "t-1"
 TRAINER_URL = "http://127.0.0.1:9"
 
 StartResponse = Callable[..., Any]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: Any) -> None:
-        """No access log: it would land in the captured stderr the CLI tests read."""
 
 
 class LiveController:
@@ -53,12 +47,10 @@ class LiveController:
         self.token = token
         self.refuse_events = refuse_events
         self.requests: list[tuple[str, str]] = []
-        self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, self._serve, threaded=True, request_handler=_QuietHandler
-        )
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self._serving = ExitStack()
+        # Registered first, so stop() closes the stores after the server has stopped.
+        self._serving.callback(self.context.stores.close)
+        self.url = self._serving.enter_context(serve_in_thread(self._serve))
 
     def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         path = str(environ.get("PATH_INFO", ""))
@@ -70,11 +62,7 @@ class LiveController:
 
     def stop(self) -> None:
         """Stop serving and close the stores (idempotent)."""
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.thread.join(timeout=10)
-            self.server.server_close()
-            self.context.stores.close()
+        self._serving.close()
 
 
 class TrainerSide:

@@ -8,10 +8,7 @@ import hashlib
 import os
 import re
 import subprocess
-import threading
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 import cnnswarm.controller
+from support import serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 ASSETS = Path(cnnswarm.controller.__file__).parent / "docs_assets"
@@ -118,25 +115,6 @@ def test_the_vendored_assets_match_their_note_and_ship_in_the_wheel() -> None:
     assert files and files <= shipped, sorted(str(path) for path in files - shipped)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: object) -> None:
-        """No access log."""
-
-
-@contextmanager
-def _serving(app: Flask) -> Iterator[str]:
-    """``app`` served over HTTP on 127.0.0.1:<ephemeral> until the block ends; yields its URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-
-
 @pytest.mark.skipif(
     not CHROMIUM.exists() and not os.environ.get("CI"),  # under CI=true it must run
     reason="needs Debian's chromium at /usr/bin/chromium (make test installs it as root)",
@@ -146,7 +124,7 @@ def test_a_browser_renders_every_operation_under_the_page_policy(
 ) -> None:
     """Headless chromium loads the page from a real server, runs the vendored Swagger UI under
     the page's Content-Security-Policy and renders the operations of the OpenAPI document."""
-    with _serving(app) as url:
+    with serve_in_thread(app) as url:
         browser = subprocess.run(
             [
                 str(CHROMIUM),

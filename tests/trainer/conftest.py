@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
 
 from cnnswarm.config import Settings
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
-from support import wait_until
+from support import serve_in_thread, wait_until
 
 
 def tiny_dataset(num_train: int = 48, num_test: int = 16) -> ArrayDataset:
@@ -170,15 +169,9 @@ def _build_app(state: FakeController) -> Flask:
 def fake_controller() -> Iterator[FakeController]:
     """A running fake controller; stopped after the test."""
     state = FakeController()
-    server = make_server("127.0.0.1", 0, _build_app(state), threaded=True)
-    state.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_in_thread(_build_app(state)) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 def dead_url() -> str:
