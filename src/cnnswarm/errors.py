@@ -58,9 +58,10 @@ class InvalidInput(CnnSwarmError):
         where = ".".join(str(part) for part in location) or "the body"
         if problem["type"] in _MISSING:
             return cls(f"{where} is required", field=str(location[0]) if location else None)
-        _, _, rest = problem["msg"].partition(" ")
+        message = _IN_JSON_TERMS.get(problem["type"], problem["msg"])
+        _, _, rest = message.partition(" ")
         # "Input should be ..." and "String should match ..." read better as "lr should ..."
-        said = f"{where} {rest}" if rest.startswith("should ") else f"{where}: {problem['msg']}"
+        said = f"{where} {rest}" if rest.startswith(("should ", "must ")) else f"{where}: {message}"
         shown = repr(problem.get("input"))
         if len(shown) > 80:  # a hostile body can be megabytes long
             shown = shown[:77] + "..."
@@ -69,6 +70,12 @@ class InvalidInput(CnnSwarmError):
 
 _UNKNOWN_KEY = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
 _MISSING = frozenset({"missing", "missing_keyword_argument"})
+# pydantic speaks Python; clients send JSON.
+_IN_JSON_TERMS = {
+    "dict_type": "Input should be an object",
+    "list_type": "Input should be an array",
+    "bool_type": "Input should be true or false",
+}
 
 
 class Unprocessable(CnnSwarmError):

@@ -10,16 +10,67 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
 from cnnswarm.ml.train_options import TrainOptions
-from cnnswarm.store.artifacts import check_id
+from cnnswarm.store.artifacts import SAFE_ID, check_id
 from cnnswarm.store.jobs import JobSpec
 
-JOB_REQUEST_KEYS = ("dataset", "model_type", "model_id", "example_idxs", "train_opts")
+
+class JobRequest(BaseModel):
+    """A training job request: the body of POST /api/v1/jobs and of the seed's /train."""
+
+    # This declaration is both the validation and (model_json_schema) the OpenAPI schema.
+
+    # protected_namespaces=(): model_type and model_id are ours, not pydantic's "model_".
+    model_config = ConfigDict(
+        strict=True, extra="forbid", allow_inf_nan=False, frozen=True, protected_namespaces=()
+    )
+
+    dataset: Annotated[
+        str,
+        Field(min_length=1, description="cifar10, digits, synthetic or an uploaded dataset's id"),
+    ]
+    model_type: Annotated[
+        str | None, Field(description="null: the default model for the dataset's images")
+    ] = None
+    model_id: Annotated[
+        Annotated[str, Field(pattern=SAFE_ID.pattern)] | None,
+        Field(description="null: generated (from the Idempotency-Key when given)"),
+    ] = None
+    example_idxs: Annotated[
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None,
+        Field(description="[start, end): train on these rows of the training set only"),
+    ] = None
+    # Checked by TrainOptions.from_dict once model_type is known: the defaults depend on it.
+    train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
+
+    @field_validator("example_idxs", mode="wrap")
+    @classmethod
+    def _one_message_for_example_idxs(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "example_idxs",
+                "Input must be null or [start, end]: two integers, 0 <= start < end",
+            ) from None
 
 
 def parse_job_request(
@@ -34,19 +85,14 @@ def parse_job_request(
     Without ``model_id`` one is generated (derived from ``idempotency_key`` when given, so a
     retried request describes the same job).
     """
-    unknown = sorted(set(body) - set(JOB_REQUEST_KEYS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown field(s) {', '.join(unknown)}; a job takes {', '.join(JOB_REQUEST_KEYS)}",
-            field=unknown[0],
-        )
-    dataset_name = body.get("dataset", default_dataset)
-    if dataset_name is None:
-        raise InvalidInput(
-            "dataset is required (cifar10, digits, synthetic or an upload id)", field="dataset"
-        )
+    if default_dataset is not None and "dataset" not in body:
+        body = {**body, "dataset": default_dataset}
     try:
-        dataset_id = datasets.resolve_id(dataset_name)
+        job = JobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput.from_validation_error(exc, known=JobRequest.model_fields) from None
+    try:
+        dataset_id = datasets.resolve_id(job.dataset)
     except NotFound as exc:
         raise InvalidInput(
             f"{exc.message}; use cifar10, digits, synthetic or an uploaded dataset's id",
@@ -55,11 +101,9 @@ def parse_job_request(
     info = datasets.info(dataset_id)
     channels, height, width = info["shape"]
 
-    model_type = body.get("model_type")
+    model_type = job.model_type
     if model_type is None:
         model_type = default_model_type((channels, height, width))
-    if not isinstance(model_type, str):
-        raise InvalidInput("model_type must be a string", field="model_type")
     # Building the model checks that it accepts this dataset's images and class count.
     build_model(
         model_type,
@@ -69,7 +113,7 @@ def parse_job_request(
         num_classes=int(info["num_classes"]),
     )
 
-    model_id = body.get("model_id")
+    model_id = job.model_id
     if model_id is None:
         suffix = (
             hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
@@ -79,16 +123,8 @@ def parse_job_request(
         model_id = f"model-{suffix}"
     check_id(model_id, "model_id")
 
-    example_idxs = body.get("example_idxs")
+    example_idxs = job.example_idxs
     if example_idxs is not None:
-        if (
-            not isinstance(example_idxs, list)
-            or len(example_idxs) != 2
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in example_idxs)
-        ):
-            raise InvalidInput(
-                "example_idxs must be null or [start, end] (two integers)", field="example_idxs"
-            )
         start, end = example_idxs
         if not 0 <= start < end <= int(info["num_train"]):
             raise InvalidInput(
@@ -97,10 +133,7 @@ def parse_job_request(
                 field="example_idxs",
             )
 
-    train_opts = body.get("train_opts")
-    if train_opts is not None and not isinstance(train_opts, dict):
-        raise InvalidInput("train_opts must be an object or null", field="train_opts")
-    options = TrainOptions.from_dict(train_opts, model_type=model_type)
+    options = TrainOptions.from_dict(job.train_opts, model_type=model_type)
     return JobSpec(
         model_id=model_id,
         dataset=dataset_id,
