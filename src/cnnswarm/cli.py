@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnswarm.client import Client, ClientError
-from cnnswarm.config import ConfigError, Settings, load_client_settings, load_settings
+from cnnswarm.cli_models import add_model_commands, cmd_models
+from cnnswarm.cli_support import Handler, client_from_args, emit_json
+from cnnswarm.client import ClientError
+from cnnswarm.config import ConfigError, Settings, load_settings
 from cnnswarm.progress import ProgressBar, format_table, format_time, last_metrics
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _parse_opt(text: str) -> tuple[str, Any]:
@@ -34,17 +33,6 @@ def _parse_opt(text: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except ValueError:
         return key, raw
-
-
-def _client(args: argparse.Namespace) -> Client:
-    """A client of the controller the flags name, else the one the environment names."""
-    flags = {"CNN_SWARM_URL": args.url, "CNN_SWARM_API_TOKEN": args.token}
-    settings = load_client_settings({**os.environ, **{k: v for k, v in flags.items() if v}})
-    return Client(settings.url, token=settings.api_token or None)
-
-
-def _emit_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
 
 
 # -- serving ------------------------------------------------------------------------------------
@@ -111,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_opts: dict[str, Any] = dict(args.opt or [])
     if args.epochs is not None:
         train_opts["num_epochs"] = args.epochs
-    client = _client(args)
+    client = client_from_args(args)
     job = client.submit_job(
         args.dataset,
         model_type=args.model_type,
@@ -122,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not args.wait:
         if args.json:
-            _emit_json(job)
+            emit_json(job)
         else:
             print(f"job {job.get('id')} {job.get('state')}: model {job.get('model_id')}")
         return 0
@@ -140,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     bar.finish()
     if args.json:
-        _emit_json(job)
+        emit_json(job)
     state = job.get("state")
     if state != "succeeded":
         print(f"job {job.get('id')} {state}: {job.get('error') or 'no reason given'}")
@@ -172,18 +160,18 @@ JOB_HEADERS = ["ID", "STATE", "MODEL", "DATASET", "TYPE", "PROGRESS", "EPOCH", "
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = _client(args).list_jobs(state=args.state)
+    jobs = client_from_args(args).list_jobs(state=args.state)
     if args.json:
-        _emit_json(jobs)
+        emit_json(jobs)
     else:
         print(format_table(JOB_HEADERS, [_job_row(job) for job in jobs]))
     return 0
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    job = _client(args).get_job(args.job_id)
+    job = client_from_args(args).get_job(args.job_id)
     if args.json:
-        _emit_json(job)
+        emit_json(job)
         return 0
     for key in sorted(job):
         value = job[key]
@@ -201,165 +189,21 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = _client(args).cancel_job(args.job_id)
+    job = client_from_args(args).cancel_job(args.job_id)
     if args.json:
-        _emit_json(job)
+        emit_json(job)
     else:
         print(f"job {job.get('id', args.job_id)}: {job.get('state', 'cancel requested')}")
     return 0
 
 
-# -- models, datasets, predict, cluster ---------------------------------------------------------
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    models = _client(args).list_models()
-    if args.json:
-        _emit_json(models)
-        return 0
-    rows = []
-    for model in models:
-        metrics = model.get("metrics") or []
-        last = metrics[-1] if metrics and isinstance(metrics[-1], dict) else {}
-        aliases = model.get("aliases")
-        rows.append(
-            [
-                model.get("id"),
-                model.get("model_type"),
-                model.get("dataset"),
-                last.get("test_accuracy"),
-                ",".join(aliases) if isinstance(aliases, list) else aliases,
-                format_time(model.get("created", model.get("created_at"))),
-            ]
-        )
-    print(format_table(["ID", "TYPE", "DATASET", "TEST_ACC", "ALIASES", "CREATED"], rows))
-    return 0
-
-
-def _imported_line(model: dict[str, Any]) -> str:
-    classes = model.get("classes")
-    line = f"imported {model.get('id')}: {model.get('model_type')}"
-    if isinstance(classes, list):
-        line += f", {len(classes)} classes"
-    recalibration = model.get("recalibration")
-    if isinstance(recalibration, dict):
-        rows = recalibration.get("example_idxs")
-        line += (
-            f"; batch norms recalibrated on {recalibration.get('images')} training images of "
-            f"{recalibration.get('dataset')}"
-        )
-        if isinstance(rows, list) and len(rows) == 2:
-            line += f" (rows {rows[0]}..{rows[1]})"
-    return line
-
-
-def cmd_models_import(args: argparse.Namespace) -> int:
-    model = _client(args).import_model(
-        args.file,
-        args.id,
-        classes=args.classes,
-        dataset=args.dataset,
-        example_idxs=args.example_idxs,
-    )
-    if args.json:
-        _emit_json(model)
-    else:
-        print(_imported_line(model))
-    return 0
-
-
-def _seed_model_info(home: Path) -> dict[str, dict[str, Any]]:
-    """The seed's ``torch_models/model_info.json``: model id -> its entry."""
-    path = home / "torch_models" / "model_info.json"
-    try:
-        info = json.loads(path.read_text())
-    except ValueError as exc:
-        raise OSError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
-        raise OSError(f"{path} is not the seed's model_info.json (an object of model entries)")
-    return info
-
-
-def cmd_models_import_seed(args: argparse.Namespace) -> int:
-    """Import every model a seed ``HOME_DIR`` lists; ids already here are skipped."""
-    home = Path(args.home_dir).expanduser()
-    entries = _seed_model_info(home)
-    client = _client(args)
-    existing = {model.get("id") for model in client.list_models()}
-    failed = 0
-    for model_id, entry in entries.items():
-        if model_id in existing:
-            print(f"skipped {model_id}: a model with this id already exists")
-            continue
-        path = home / "torch_models" / str(entry.get("filename") or f"{model_id}.pth")
-        try:
-            model = client.import_model(
-                path, model_id, dataset=args.dataset, example_idxs=entry.get("example_idxs")
-            )
-        except ClientError as exc:
-            if exc.status == 0:
-                raise  # the controller is gone: every other import would fail the same way
-            if exc.status == 409:
-                print(f"skipped {model_id}: {exc.error}")
-                continue
-            failed += 1
-            print(f"failed {model_id}: {exc.message}", file=sys.stderr)
-            continue
-        except OSError as exc:
-            failed += 1
-            print(f"failed {model_id}: {exc}", file=sys.stderr)
-            continue
-        print(_imported_line(model))
-    return 1 if failed else 0
-
-
-def cmd_models_download(args: argparse.Namespace) -> int:
-    suffix = ".torchscript.pt" if args.torchscript else ".pth"
-    target = args.output or Path(f"{args.model_id}{suffix}")
-    path = _client(args).download_model(args.model_id, target, torchscript=args.torchscript)
-    print(f"saved {path} ({path.stat().st_size} bytes)")
-    return 0
-
-
-def _add_model_commands(models: argparse.ArgumentParser) -> None:
-    """``models import``, ``models import-seed`` and ``models download``."""
-    actions = models.add_subparsers(dest="models_command", metavar="ACTION")
-    one = actions.add_parser(
-        "import", help="import a model file (a seed .pth or a cnn-swarm model file)"
-    )
-    one.set_defaults(handler=cmd_models_import)
-    one.add_argument("file", type=Path)
-    one.add_argument("--id", required=True, help="the new model's id")
-    one.add_argument(
-        "--classes",
-        type=lambda text: [name.strip() for name in text.split(",")],
-        help="a seed file's class names, comma-separated (default for 10: CIFAR-10's)",
-    )
-    one.add_argument(
-        "--dataset", help="the dataset it was trained on (default for seed files: cifar10)"
-    )
-    one.add_argument(
-        "--example-idxs", type=int, nargs=2, metavar=("START", "END"), help="its training rows"
-    )
-    seed = actions.add_parser(
-        "import-seed", help="import every model of a seed HOME_DIR (torch_models/model_info.json)"
-    )
-    seed.set_defaults(handler=cmd_models_import_seed)
-    seed.add_argument("home_dir", help="the seed's HOME_DIR")
-    seed.add_argument("--dataset", help="the dataset they were trained on (default: cifar10)")
-    download = actions.add_parser("download", help="save a model's file, or a TorchScript export")
-    download.set_defaults(handler=cmd_models_download)
-    download.add_argument("model_id")
-    download.add_argument("--torchscript", action="store_true", help="a frozen TorchScript export")
-    download.add_argument(
-        "-o", "--output", type=Path, help="where to save it (default: ID.pth or ID.torchscript.pt)"
-    )
+# -- aliases, datasets, predict, cluster --------------------------------------------------------
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
-    answer = _client(args).set_alias(args.alias, args.model_id)
+    answer = client_from_args(args).set_alias(args.alias, args.model_id)
     if args.json:
-        _emit_json(answer)
+        emit_json(answer)
     else:
         print(f"{args.alias} -> {answer.get('model_id', args.model_id)}")
     return 0
@@ -383,11 +227,11 @@ DATASET_HEADERS = ["ID", "NAME", "CLASSES", "TRAIN", "TEST", "SHAPE", "DESCRIPTI
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_from_args(args)
     if args.datasets_command == "upload":
         dataset = client.upload_dataset(args.file, name=args.name or args.file.stem)
         if args.json:
-            _emit_json(dataset)
+            emit_json(dataset)
         else:
             print(format_table(DATASET_HEADERS, [_dataset_row(dataset)]))
         return 0
@@ -397,16 +241,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     datasets = client.list_datasets()
     if args.json:
-        _emit_json(datasets)
+        emit_json(datasets)
     else:
         print(format_table(DATASET_HEADERS, [_dataset_row(d) for d in datasets]))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    predictions = _client(args).predict_images(args.model, args.images, top_k=args.top_k)
+    predictions = client_from_args(args).predict_images(args.model, args.images, top_k=args.top_k)
     if args.json:
-        _emit_json(predictions)
+        emit_json(predictions)
         return 0
     rows: list[list[Any]] = []
     for image, prediction in zip(args.images, predictions, strict=False):
@@ -421,9 +265,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).status()
+    status = client_from_args(args).status()
     if args.json:
-        _emit_json(status)
+        emit_json(status)
         return 0
     for key in sorted(status):
         value = status[key]
@@ -513,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", help="only jobs in this state")
     add("job", cmd_job, "show one job").add_argument("job_id")
     add("cancel", cmd_cancel, "cancel a job").add_argument("job_id")
-    _add_model_commands(add("models", cmd_models, "list models, or import / download one"))
+    add_model_commands(add("models", cmd_models, "list models, or import / download one"))
     alias = add("alias", cmd_alias, "point an alias at a model")
     alias.add_argument("alias")
     alias.add_argument("model_id")

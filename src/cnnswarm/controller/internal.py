@@ -14,12 +14,12 @@ from flask import Blueprint, Response, request, send_file
 
 from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
+from cnnswarm.controller.model_publish import publish_model
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
 from cnnswarm.store.artifacts import check_id
-from cnnswarm.store.catalog import model_row
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
@@ -172,25 +172,19 @@ def post_result(job_id: str) -> dict[str, Any]:
     job = context.stores.jobs.check_owner(job_id, attempt)
     data = request.get_data(cache=False)
     artifact = artifact_from_bytes(data)
-    path = context.stores.artifacts.model_path(job.model_id, attempt)
-    write_atomic(path, data)
-    row = model_row(
-        job.model_id,
+    done = publish_model(
+        context.stores.artifacts,
+        context.stores.artifacts.model_path(job.model_id, attempt),
+        data,
+        artifact,
+        model_id=job.model_id,
         job_id=job.id,
         model_type=artifact.model_type,
         dataset=job.dataset,
-        classes=artifact.classes,
-        metrics=artifact.metrics,
         train_opts=job.train_opts,
         example_idxs=job.example_idxs,
-        preprocessing=artifact.preprocessing,
-        filename=str(path.relative_to(context.stores.artifacts.root)),
+        insert=lambda row: context.stores.jobs.complete(job_id, attempt, row),
     )
-    try:
-        done = context.stores.jobs.complete(job_id, attempt, row)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
     context.stores.artifacts.remove_checkpoints(job_id)
     context.scheduler.wake()
     return {"job_id": done.id, "state": done.state.value, "model_id": done.model_id}

@@ -21,30 +21,19 @@ from cnnswarm.store.catalog import model_to_json
 bp = Blueprint("model_files", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
 
+_IMPORT_FORM = ImportRequest.model_json_schema(by_alias=True)
 IMPORT_BODY = {
-    "type": "object",
-    "required": ["file", "id"],
+    **_IMPORT_FORM,
+    "title": "ModelImport",
+    "description": "a model file and, for a seed file, what it was trained on",
+    "required": ["file", *_IMPORT_FORM["required"]],
     "properties": {
         "file": {
             "type": "string",
             "format": "binary",
             "description": "a seed state dict (.pth) or a cnn-swarm model file",
         },
-        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"},
-        "classes": {
-            "type": "string",
-            "description": "seed files: class names, comma-separated or a JSON array "
-            "(default for 10 outputs: CIFAR-10's)",
-        },
-        "dataset": {
-            "type": "string",
-            "description": "the dataset the model was trained on, for batch-norm "
-            "recalibration (default for seed files: cifar10)",
-        },
-        "example_idxs": {
-            "type": "string",
-            "description": "start,end: the training rows [start, end) it was trained on",
-        },
+        **_IMPORT_FORM["properties"],
     },
 }
 

@@ -2,24 +2,34 @@
 
 Order of work, so that a bad upload costs nothing and leaves nothing: the id is checked free
 (409), the file read with ``weights_only=True`` and checked against its model type (400 naming
-the problem), batch norms recalibrated when the weights need it (the seed's network: its file
-has no per-call-site statistics, see ``cnnswarm.ml.seed_model``), then the model is written as
-a cnn-swarm model file under a fresh name and its row inserted in one transaction that also
-reserves the id. If that transaction fails (the id was taken meanwhile) the file is removed;
-nothing that existed before is touched.
+the problem; so is a file whose metadata names another type, or a dataset label that is no
+dataset id: both go into the ``models`` row), batch norms recalibrated when the weights need it
+(the seed's network: its file has no per-call-site statistics, see ``cnnswarm.ml.seed_model``),
+then the model is written as a cnn-swarm model file under a fresh name and its row inserted in
+one transaction that also reserves the id (``model_publish``). If that transaction fails (the
+id was taken meanwhile) the file is removed; nothing that existed before is touched.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import suppress
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Annotated, Any
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 from torch import nn
 
-from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ControllerContext
+from cnnswarm.controller.model_publish import publish_model
 from cnnswarm.errors import DatasetUnavailable, InvalidInput, NotFound
 from cnnswarm.ml.artifact import (
     CIFAR10_CLASSES,
@@ -29,37 +39,20 @@ from cnnswarm.ml.artifact import (
 )
 from cnnswarm.ml.calibrate import recalibrate_batch_norms
 from cnnswarm.ml.datasets import ArrayDataset
+from cnnswarm.ml.datasets.base import check_example_idxs
+from cnnswarm.ml.datasets.uploads import validate_class_names
 from cnnswarm.ml.model_files import check_weights
-from cnnswarm.ml.models import needs_calibration
+from cnnswarm.ml.models import ModelConfig, needs_calibration
 from cnnswarm.ml.preprocess import Preprocessing
-from cnnswarm.store.artifacts import check_id
-from cnnswarm.store.catalog import model_row
+from cnnswarm.store.artifacts import SAFE_ID, check_id
 
 # The dataset a seed file is recalibrated on when the request names none: the seed's own.
 SEED_DATASET = "cifar10"
 
 
-@dataclass(frozen=True)
-class ImportRequest:
-    """What ``POST /api/v1/models`` carries besides the file."""
-
-    model_id: str
-    classes: list[str] | None = None
-    dataset: str | None = None
-    example_idxs: list[int] | None = None
-
-    @classmethod
-    def from_form(cls, form: dict[str, str]) -> ImportRequest:
-        """Parse and check the multipart form fields ``id``, ``classes``, ``dataset`` and
-        ``example_idxs``."""
-        if "id" not in form:
-            raise InvalidInput("send the new model's id as form field 'id'", field="id")
-        return cls(
-            model_id=check_id(form["id"], "id"),
-            classes=_parse_classes(form.get("classes")),
-            dataset=form.get("dataset") or None,
-            example_idxs=_parse_example_idxs(form.get("example_idxs")),
-        )
+def _blank_is_none(raw: object) -> object:
+    """An empty form field is an absent one."""
+    return None if isinstance(raw, str) and not raw.strip() else raw
 
 
 def _parse_list(raw: str) -> list[Any]:
@@ -76,42 +69,110 @@ def _parse_list(raw: str) -> list[Any]:
     return [part.strip() for part in text.split(",")]
 
 
-def _parse_classes(raw: str | None) -> list[str] | None:
-    if raw is None or not raw.strip():
+# The validators below raise InvalidInput, which pydantic lets through as it is (it wraps only
+# ValueError and AssertionError): the rules they call say what is wrong, naming the field.
+
+
+def _check_model_id(value: str) -> str:
+    return check_id(value, "id")
+
+
+def _parse_classes(raw: object) -> object:
+    """The form's class names as a list, checked by the dataset uploads' rule."""
+    raw = _blank_is_none(raw)
+    if raw is None:
         return None
     try:
-        classes = _parse_list(raw)
+        classes = _parse_list(raw) if isinstance(raw, str) else raw
     except ValueError:
-        classes = []
-    if (
-        not classes
-        or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
+        classes = None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise InvalidInput(
-            "classes must be distinct class names, comma-separated (a,b,c) or a JSON array",
+            "classes must be class names, comma-separated (a,b,c) or a JSON array of strings",
             field="classes",
         )
-    return [str(c) for c in classes]
-
-
-def _parse_example_idxs(raw: str | None) -> list[int] | None:
-    if raw is None or not raw.strip():
-        return None
     try:
-        values = [int(v) if isinstance(v, str) else v for v in _parse_list(raw)]
-    except ValueError:
-        values = []
-    if (
-        len(values) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-        or not 0 <= values[0] < values[1]
-    ):
-        raise InvalidInput(
-            "example_idxs must be start,end with 0 <= start < end (training rows [start, end))",
-            field="example_idxs",
-        )
-    return [int(values[0]), int(values[1])]
+        return validate_class_names(classes)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="classes") from None
+
+
+def _parse_example_idxs(raw: object) -> object:
+    """The form's ``start,end`` (or JSON ``[start, end]``) as a list, checked by the one
+    ``example_idxs`` rule (the training set's size is checked when the rows are taken)."""
+    raw = _blank_is_none(raw)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = [int(v) if isinstance(v, str) else v for v in _parse_list(raw)]
+        except ValueError:
+            raw = None
+    return check_example_idxs(raw)
+
+
+_FORM_STRING = {"type": "string"}
+
+
+class ImportRequest(BaseModel):
+    """The form fields of ``POST /api/v1/models`` besides the file. The declaration is both the
+    check (``from_form``) and the OpenAPI schema of the form (``model_json_schema``)."""
+
+    # strict: nothing is coerced; extra="forbid": a misspelt field is refused, not ignored;
+    # protected_namespaces=(): the field ``model_id`` is ours, not pydantic's.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, protected_namespaces=())
+
+    model_id: Annotated[
+        str,
+        Field(
+            alias="id",
+            description="the new model's id",
+            json_schema_extra={"pattern": SAFE_ID.pattern},
+        ),
+        AfterValidator(_check_model_id),
+    ]
+    classes: Annotated[
+        list[str] | None,
+        BeforeValidator(_parse_classes),
+        WithJsonSchema(
+            {
+                **_FORM_STRING,
+                "description": "seed files: class names, comma-separated or a JSON array "
+                "(default for 10 outputs: CIFAR-10's)",
+            }
+        ),
+    ] = None
+    dataset: Annotated[
+        str | None,
+        BeforeValidator(_blank_is_none),
+        WithJsonSchema(
+            {
+                **_FORM_STRING,
+                "description": "the dataset the model was trained on, for batch-norm "
+                "recalibration (default for seed files: cifar10)",
+            }
+        ),
+    ] = None
+    example_idxs: Annotated[
+        list[int] | None,
+        BeforeValidator(_parse_example_idxs),
+        WithJsonSchema(
+            {
+                **_FORM_STRING,
+                "description": "start,end: the training rows [start, end) it was trained on",
+            }
+        ),
+    ] = None
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str]) -> ImportRequest:
+        """Parse and check the multipart form fields ``id``, ``classes``, ``dataset`` and
+        ``example_idxs``; ``InvalidInput`` naming the first bad or unknown one."""
+        try:
+            return cls.model_validate(dict(form))
+        except ValidationError as exc:
+            known = [info.alias or name for name, info in cls.model_fields.items()]
+            raise InvalidInput.from_validation_error(exc, known=known, what="form field") from None
 
 
 def _with_classes(artifact: ModelArtifact, classes: list[str] | None) -> ModelArtifact:
@@ -204,14 +265,44 @@ def _recalibrated(
     return calibrated, recalibration
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """``value`` quoted for an error message, cut short (a hostile file's field can be huge)."""
+    return repr(value) if len(value) <= limit else repr(value[: limit - 3] + "...")
+
+
+def _model_type(artifact: ModelArtifact) -> str:
+    """The model type the file's weights are checked against (its ``model_config``'s);
+    ``InvalidInput`` when the file's metadata names another type."""
+    model_type = ModelConfig.from_json(artifact.model_config).model_type
+    if artifact.model_type != model_type:
+        raise InvalidInput(
+            f"the file says it holds a {_shown(artifact.model_type)} but its model_config is a "
+            f"{model_type}",
+            field="file",
+        )
+    return model_type
+
+
 def _dataset_label(context: ControllerContext, artifact: ModelArtifact, name: str | None) -> str:
-    """What the model row records as its dataset when no recalibration named one."""
-    if name is None:
-        return str(artifact.dataset.get("id") or artifact.dataset.get("name") or "")
-    try:
-        return context.datasets.resolve_id(name)
-    except NotFound as exc:
-        raise InvalidInput(f"{exc.message}", field="dataset") from exc
+    """What the model row records as its dataset when no recalibration named one: the
+    request's dataset, else the id the file names (none: ``""``)."""
+    if name is not None:
+        try:
+            return context.datasets.resolve_id(name)
+        except NotFound as exc:
+            raise InvalidInput(f"{exc.message}", field="dataset") from exc
+    label = str(artifact.dataset.get("id") or artifact.dataset.get("name") or "")
+    if label:
+        try:
+            check_id(label, "dataset")
+        except InvalidInput:
+            raise InvalidInput(
+                f"this file names its dataset {_shown(label)}, which is not a dataset id "
+                "(1-128 letters, digits, '_', '.', '-'); name the dataset it was trained on "
+                "in 'dataset'",
+                field="dataset",
+            ) from None
+    return label
 
 
 def import_model(
@@ -223,31 +314,24 @@ def import_model(
     catalog.check_model_id_free(request.model_id)  # before any costly work
     artifact = _with_classes(artifact_from_bytes(data), request.classes)
     model = check_weights(artifact)
+    model_type = _model_type(artifact)
     recalibration = None
     if needs_calibration(model):
         artifact, recalibration = _recalibrated(context, artifact, model, request)
         dataset_id = str(recalibration["dataset"])
     else:
         dataset_id = _dataset_label(context, artifact, request.dataset)
-    path = context.stores.artifacts.imported_model_path(request.model_id)
-    write_atomic(path, artifact_to_bytes(artifact))
-    row = model_row(
-        request.model_id,
+    stored = publish_model(
+        context.stores.artifacts,
+        context.stores.artifacts.imported_model_path(request.model_id),
+        artifact_to_bytes(artifact),
+        artifact,
+        model_id=request.model_id,
         job_id=None,
-        model_type=artifact.model_type,
+        model_type=model_type,
         dataset=dataset_id,
-        classes=artifact.classes,
-        metrics=artifact.metrics,
         train_opts=artifact.train_opts,
         example_idxs=request.example_idxs,
-        preprocessing=artifact.preprocessing,
-        filename=str(path.relative_to(context.stores.artifacts.root)),
+        insert=catalog.add_model,
     )
-    try:
-        stored = catalog.add_model(row)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        with suppress(OSError):
-            path.parent.rmdir()  # only if empty: a folder another model owns keeps its files
-        raise
     return dict(stored), recalibration

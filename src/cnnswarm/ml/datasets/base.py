@@ -20,6 +20,29 @@ from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import InvalidInput
 
 
+def check_example_idxs(value: object, train_size: int | None = None) -> list[int]:
+    """``value`` as ``[start, end]``, training rows ``[start, end)`` (the seed's
+    ``example_idxs``), if it is two integers with ``0 <= start < end`` (``<= train_size`` when
+    given); else ``InvalidInput`` naming ``example_idxs``. The one rule for ``example_idxs``."""
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str | bytes)
+        or len(value) != 2
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        raise InvalidInput(
+            "example_idxs must be null or [start, end] (two integers)", field="example_idxs"
+        )
+    start, end = int(value[0]), int(value[1])
+    bound = "" if train_size is None else f" <= {train_size} (training set size)"
+    if not 0 <= start < end or (train_size is not None and end > train_size):
+        raise InvalidInput(
+            f"example_idxs must satisfy 0 <= start < end{bound}, got [{start}, {end}]",
+            field="example_idxs",
+        )
+    return [start, end]
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Per-channel ``(x / 255 - mean) / std``."""
@@ -82,22 +105,7 @@ class ArrayDataset:
         """The training rows ``[start, end)`` (the seed's ``example_idxs``); test is kept."""
         if example_idxs is None:
             return self
-        if (
-            isinstance(example_idxs, str | bytes)
-            or len(example_idxs) != 2
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in example_idxs)
-        ):
-            raise InvalidInput(
-                "example_idxs must be null or [start, end] (two integers)", field="example_idxs"
-            )
-        start, end = int(example_idxs[0]), int(example_idxs[1])
-        n = len(self.x_train)
-        if not 0 <= start < end <= n:
-            raise InvalidInput(
-                f"example_idxs must satisfy 0 <= start < end <= {n} (training set size), "
-                f"got [{start}, {end}]",
-                field="example_idxs",
-            )
+        start, end = check_example_idxs(example_idxs, len(self.x_train))
         return replace(self, x_train=self.x_train[start:end], y_train=self.y_train[start:end])
 
     def info(self) -> dict[str, Any]:
