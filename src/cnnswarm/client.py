@@ -327,7 +327,7 @@ class Client:
             data["example_idxs"] = json.dumps(list(example_idxs))
         with path.open("rb") as stream:
             files = {"file": (path.name, stream, "application/octet-stream")}
-            # Recalibration runs over up to 4,096 training images (CALIBRATION_IMAGES): no read timeout.
+            # Recalibration runs over up to 4,096 training images: no read timeout.
             result: dict[str, Any] = self._json(
                 "POST", "/api/v1/models", files=files, data=data, timeout=(self.timeout, None)
             )
