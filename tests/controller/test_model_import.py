@@ -26,35 +26,38 @@ from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
 from cnnswarm.controller.context import ControllerContext
 from cnnswarm.ml.artifact import CIFAR10_CLASSES, artifact_from_bytes, artifact_to_bytes
+from cnnswarm.ml.datasets.base import ArrayDataset
 from cnnswarm.ml.models import needs_calibration
+from real_images import CLASSES as DIGIT_CLASSES
+from real_images import digits_rgb32
 from seed_network import (
     SeedNNConvResNetRGB,
-    digits_rgb32,
     seed_normalize,
     train_like_the_seed,
     train_mode_accuracy,
 )
 from support import MarkerPayload
 
-DIGIT_CLASSES = [str(d) for d in range(10)]
-SEED_TRAIN_ROWS = 800
+torch.set_num_threads(1)
+
+SEED_TRAIN_ROWS = 1408  # a proper slice of the 1,437 training images, so example_idxs counts
 
 
 @pytest.fixture(scope="session")
-def digits32() -> tuple[np.ndarray, ...]:
+def digits32() -> ArrayDataset:
     return digits_rgb32()
 
 
 @pytest.fixture(scope="session")
-def seed_trained(digits32: tuple[np.ndarray, ...]) -> tuple[bytes, float]:
+def seed_trained(digits32: ArrayDataset) -> tuple[bytes, float]:
     """A seed ``.pth`` (state dict of the seed's network trained briefly in train mode on the
     first rows of digits32) and the accuracy that network reaches in train mode on the held-out
     split."""
-    x_train, y_train, x_test, y_test = digits32
-    model = train_like_the_seed(x_train[:SEED_TRAIN_ROWS], y_train[:SEED_TRAIN_ROWS], epochs=2)
+    rows = slice(0, SEED_TRAIN_ROWS)
+    model = train_like_the_seed(digits32.x_train[rows], digits32.y_train[rows], epochs=2)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    return buffer.getvalue(), train_mode_accuracy(model, x_test, y_test)
+    return buffer.getvalue(), train_mode_accuracy(model, digits32.x_test, digits32.y_test)
 
 
 def seed_file(state_dict: dict[str, torch.Tensor] | None = None) -> bytes:
@@ -64,16 +67,15 @@ def seed_file(state_dict: dict[str, torch.Tensor] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def upload_digits32(client: FlaskClient, digits32: tuple[np.ndarray, ...]) -> str:
-    x_train, y_train, x_test, y_test = digits32
+def upload_digits32(client: FlaskClient, digits32: ArrayDataset) -> str:
     buffer = io.BytesIO()
     np.savez(
         buffer,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
-        classes=np.array(DIGIT_CLASSES),
+        x_train=digits32.x_train,
+        y_train=digits32.y_train,
+        x_test=digits32.x_test,
+        y_test=digits32.y_test,
+        classes=np.array(digits32.classes),
     )
     response = client.post(
         "/api/v1/datasets",
@@ -121,11 +123,10 @@ def nothing_stored(context: ControllerContext) -> bool:
 def test_seed_file_recalibrated_on_its_training_rows_serves_what_it_learned(
     client: FlaskClient,
     context: ControllerContext,
-    digits32: tuple[np.ndarray, ...],
+    digits32: ArrayDataset,
     seed_trained: tuple[bytes, float],
 ) -> None:
     data, seed_accuracy = seed_trained
-    _, _, x_test, y_test = digits32
     dataset_id = upload_digits32(client, digits32)
     response = post_model(
         client,
@@ -146,8 +147,8 @@ def test_seed_file_recalibrated_on_its_training_rows_serves_what_it_learned(
         "images": SEED_TRAIN_ROWS,
     }
 
-    probabilities = served_probabilities(client, "from-seed", seed_normalize(x_test))
-    served_accuracy = float((probabilities.argmax(1) == y_test).mean())
+    probabilities = served_probabilities(client, "from-seed", seed_normalize(digits32.x_test))
+    served_accuracy = float((probabilities.argmax(1) == digits32.y_test).mean())
     assert seed_accuracy > 0.8  # the seed's network learned (in train mode)
     assert served_accuracy > 0.8  # far above the 10 % of chance
     assert abs(served_accuracy - seed_accuracy) <= 0.04, (served_accuracy, seed_accuracy)
@@ -194,7 +195,7 @@ def test_seed_file_without_its_dataset_is_400_saying_what_to_do(
 
 
 def test_recalibration_dataset_must_fit_the_model(
-    client: FlaskClient, context: ControllerContext, digits32: tuple[np.ndarray, ...]
+    client: FlaskClient, context: ControllerContext, digits32: ArrayDataset
 ) -> None:
     wrong_shape = post_model(client, seed_file(), id="m", dataset="digits")
     assert wrong_shape.status_code == 400
@@ -224,7 +225,7 @@ def test_a_cnn_swarm_file_without_site_statistics_needs_its_dataset_named(
 
 @pytest.fixture
 def imported_seed(
-    client: FlaskClient, digits32: tuple[np.ndarray, ...], seed_trained: tuple[bytes, float]
+    client: FlaskClient, digits32: ArrayDataset, seed_trained: tuple[bytes, float]
 ) -> str:
     dataset_id = upload_digits32(client, digits32)
     response = post_model(
@@ -235,7 +236,7 @@ def imported_seed(
 
 
 def test_a_downloaded_file_imports_again_without_recalibration(
-    client: FlaskClient, digits32: tuple[np.ndarray, ...], imported_seed: str
+    client: FlaskClient, digits32: ArrayDataset, imported_seed: str
 ) -> None:
     downloaded = client.get(f"/api/v1/models/{imported_seed}/file")
     assert downloaded.status_code == 200
@@ -243,7 +244,7 @@ def test_a_downloaded_file_imports_again_without_recalibration(
     again = post_model(client, downloaded.data, id="copy")
     assert again.status_code == 201, again.json
     assert again.json["recalibration"] is None and again.json["classes"] == DIGIT_CLASSES
-    inputs = seed_normalize(digits32[2][:20])
+    inputs = seed_normalize(digits32.x_test[:20])
     np.testing.assert_allclose(
         served_probabilities(client, "copy", inputs),
         served_probabilities(client, imported_seed, inputs),
@@ -271,7 +272,7 @@ def test_a_trained_cnn_swarm_file_imports_as_it_is(
 def test_torchscript_export_serves_the_same_probabilities(
     client: FlaskClient,
     context: ControllerContext,
-    digits32: tuple[np.ndarray, ...],
+    digits32: ArrayDataset,
     digits_model_bytes: bytes,
     seed_trained: tuple[bytes, float],
     which: str,
@@ -280,7 +281,7 @@ def test_torchscript_export_serves_the_same_probabilities(
         dataset_id = upload_digits32(client, digits32)
         fields = {"classes": ",".join(DIGIT_CLASSES), "dataset": dataset_id}
         created = post_model(client, seed_trained[0], id="m", **fields)
-        inputs = seed_normalize(digits32[2][:64])
+        inputs = seed_normalize(digits32.x_test[:64])
     else:
         created = post_model(client, digits_model_bytes, id="m")
         inputs = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 1, 8, 8))).float()
