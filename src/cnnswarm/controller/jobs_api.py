@@ -13,8 +13,8 @@ from typing import Any
 from flask import Blueprint, Response, request, stream_with_context
 
 from cnnswarm.controller.context import ctx
-from cnnswarm.controller.job_requests import parse_job_request
-from cnnswarm.controller.openapi import ERROR, JOB, JOB_REQUEST, doc
+from cnnswarm.controller.job_requests import JobRequest, parse_job_request
+from cnnswarm.controller.openapi import ERROR, JOB, doc
 from cnnswarm.errors import InvalidInput
 from cnnswarm.http import json_body, require_token
 from cnnswarm.store.artifacts import check_id
@@ -67,7 +67,7 @@ def submit_job(body: dict[str, Any], *, default_dataset: str | None = None) -> t
 @token_required
 @doc(
     "Submit a training job",
-    body=JOB_REQUEST,
+    body=JobRequest,
     responses={202: JOB, 200: JOB, 409: ERROR, 422: ERROR},
     headers={"Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 200}},
 )

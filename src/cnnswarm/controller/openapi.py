@@ -1,7 +1,9 @@
 """The OpenAPI document of /api/v1, generated from the routes themselves.
 
 Each v1 view carries its own description through ``@doc(...)``; ``build_openapi(app)`` walks
-Flask's URL map, so a route that exists is documented and a documented route exists.
+Flask's URL map, so a route that exists is documented and a documented route exists. A request
+body declared as a pydantic model is documented by its ``model_json_schema()``: the schema and
+the validation are one declaration.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask
+from pydantic import BaseModel
+
+from cnnswarm.store.job_records import JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A request body: a pydantic model (its model_json_schema) or, not yet migrated, a schema dict.
+Body = type[BaseModel] | dict[str, Any]
 
 ERROR = {
     "type": "object",
@@ -34,10 +42,7 @@ JOB = {
         "model_id": {"type": "string"},
         "dataset": {"type": "string"},
         "model_type": {"type": "string"},
-        "state": {
-            "type": "string",
-            "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
-        },
+        "state": {"type": "string", "enum": [state.value for state in JobState]},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
         "epoch": {"type": "integer"},
         "metrics": METRICS,
@@ -49,24 +54,6 @@ JOB = {
         "created_at": {"type": "number"},
         "started_at": {"type": ["number", "null"]},
         "finished_at": {"type": ["number", "null"]},
-    },
-}
-
-JOB_REQUEST = {
-    "type": "object",
-    "required": ["dataset"],
-    "additionalProperties": False,
-    "properties": {
-        "dataset": {"type": "string", "minLength": 1},
-        "model_type": {"type": "string"},
-        "model_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"},
-        "example_idxs": {
-            "type": ["array", "null"],
-            "items": {"type": "integer", "minimum": 0},
-            "minItems": 2,
-            "maxItems": 2,
-        },
-        "train_opts": {"type": ["object", "null"]},
     },
 }
 
@@ -152,7 +139,7 @@ TRAINER = {
 def doc(
     summary: str,
     *,
-    body: dict[str, Any] | None = None,
+    body: Body | None = None,
     body_type: str = "application/json",
     responses: dict[int, dict[str, Any] | None] | None = None,
     query: dict[str, dict[str, Any]] | None = None,
@@ -181,9 +168,19 @@ def _response(schema: dict[str, Any] | None, description: str) -> dict[str, Any]
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _body_schema(body: Body, components: dict[str, Any]) -> dict[str, Any]:
+    """``body``'s JSON schema; the models it refers to go to ``components``."""
+    if isinstance(body, dict):
+        return body
+    schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    return schema
+
+
 def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
     """The OpenAPI 3.1 document for every documented route under ``prefix``."""
     paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not rule.rule.startswith(prefix):
             continue
@@ -220,11 +217,16 @@ def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
             if spec["body"] is not None:
                 operation["requestBody"] = {
                     "required": True,
-                    "content": {spec["body_type"]: {"schema": spec["body"]}},
+                    "content": {
+                        spec["body_type"]: {"schema": _body_schema(spec["body"], components)}
+                    },
                 }
             paths.setdefault(path, {})[method.lower()] = operation
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "cnn-swarm controller API", "version": "1"},
         "paths": paths,
     }
+    if components:
+        document["components"] = {"schemas": components}
+    return document
