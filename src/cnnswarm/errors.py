@@ -50,7 +50,7 @@ class InvalidInput(CnnSwarmError):
         unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] in _UNKNOWN_KEY)
         if unknown:
             return cls(
-                f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                 field=unknown[0],
             )
         problem = problems[0]
