@@ -24,7 +24,7 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 def check_id(value: object, field: str) -> str:
     """``value`` if it is a safe id (letters, digits, ``_ . -``, 1-128 chars), else
     ``InvalidInput`` naming ``field``."""
-    if not isinstance(value, str) or not SAFE_ID.match(value) or ".." in value:
+    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidInput(
             f"{field} must be 1-128 characters of letters, digits, '_', '.', '-' "
             f"starting with a letter or digit, got {value!r}",
