@@ -21,7 +21,9 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
 
 
-@pytest.mark.parametrize("bad", ["", "..", "../x", "a/b", ".hidden", "x" * 200, "é", "abc\n", None, 5])
+@pytest.mark.parametrize(
+    "bad", ["", "..", "../x", "a/b", ".hidden", "x" * 200, "é", "abc\n", None, 5]
+)
 def test_unsafe_ids_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInput):
         check_id(bad, "model_id")
