@@ -25,7 +25,8 @@ from typing import Any
 
 from cnnswarm.config import Settings
 from cnnswarm.trainer.controller_api import ControllerClient
-from cnnswarm.trainer.runner import JobRunner, StopReason
+from cnnswarm.trainer.outcome import StopReason
+from cnnswarm.trainer.runner import JobRunner
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from cnnswarm.errors import NotFound
 from cnnswarm.http import json_body, register_error_handlers, require_token
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
 from cnnswarm.trainer.controller_api import ControllerClient
-from cnnswarm.trainer.runner import JobRunner, StopReason, parse_dispatch
+from cnnswarm.trainer.outcome import StopReason
+from cnnswarm.trainer.runner import JobRunner, parse_dispatch
 
 log = logging.getLogger(__name__)
 

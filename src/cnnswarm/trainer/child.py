@@ -1,9 +1,10 @@
 """What runs inside a job's child process: fetch data, resume, train, publish.
 
 Guarantees:
-- The child talks to its parent only through ``messages`` (progress while training, then one
-  final ``{"kind": "succeeded" | "failed" | "cancelled" | "fenced"}``); a child that dies
-  before sending a final message is reported by the parent with its exit code.
+- The child talks to its parent only through ``messages`` (the vocabulary of
+  ``trainer/messages.py``: progress while training, then one final message saying how it
+  ended); a child that dies before sending a final message is reported by the parent with its
+  exit code.
 - A 409 from the controller (``StaleAttempt``) stops the job at once: another attempt owns it.
 - While the controller is away the job keeps training; checkpoints that cannot be delivered
   are skipped (the next one supersedes them); the result is retried until delivered, fenced or
@@ -28,6 +29,15 @@ from cnnswarm.trainer.controller_api import (
     ControllerUnavailable,
     RetriesAborted,
     RetryPolicy,
+)
+from cnnswarm.trainer.messages import (
+    ChildMessage,
+    FinalMessage,
+    cancelled,
+    failed,
+    fenced,
+    progress_message,
+    succeeded,
 )
 
 if TYPE_CHECKING:
@@ -81,32 +91,32 @@ def _exit_when_parent_dies() -> None:
 
 
 def child_main(
-    dispatch: Dispatch, config: ChildConfig, messages: Queue[dict[str, Any]], cancel: Event
+    dispatch: Dispatch, config: ChildConfig, messages: Queue[ChildMessage], cancel: Event
 ) -> None:
     """Entry point of a job's child process: run the job, send one final message."""
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s job {dispatch.job_id}: %(levelname)s %(message)s"
     )
     _exit_when_parent_dies()
-    final: dict[str, Any]
+    final: FinalMessage
     try:
         run_job(dispatch, config, messages, cancel)
-        final = {"kind": "succeeded"}
+        final = succeeded()
     except (TrainingCancelled, RetriesAborted):
-        final = {"kind": "cancelled"}
+        final = cancelled()
     except StaleAttempt as exc:
         log.warning("fenced: %s", exc)
-        final = {"kind": "fenced", "error": str(exc)}
+        final = fenced(str(exc))
     except Exception as exc:
         log.exception("job failed")
-        final = {"kind": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": False}
+        final = failed(f"{type(exc).__name__}: {exc}", retryable=False)
     messages.put(final)
     messages.close()
     messages.join_thread()
 
 
 def run_job(
-    dispatch: Dispatch, config: ChildConfig, messages: Queue[dict[str, Any]], cancel: Event
+    dispatch: Dispatch, config: ChildConfig, messages: Queue[ChildMessage], cancel: Event
 ) -> None:
     """Fetch the dataset and latest checkpoint, train, and publish the model artefact."""
     # Imported here: the trainer's parent process never needs torch.
@@ -129,14 +139,7 @@ def run_job(
         log.info("resuming attempt %d from a checkpoint", dispatch.attempt)
 
     def on_progress(progress: Progress) -> None:
-        messages.put(
-            {
-                "kind": "progress",
-                "progress": float(progress.progress),
-                "epoch": int(progress.epoch),
-                "metrics": [dict(m) for m in progress.metrics],
-            }
-        )
+        messages.put(progress_message(progress.progress, progress.epoch, progress.metrics))
 
     def on_checkpoint(checkpoint: dict[str, Any]) -> None:
         data = checkpoint_to_bytes(checkpoint)

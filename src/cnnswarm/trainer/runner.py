@@ -5,7 +5,9 @@ Guarantees:
   segfault, OOM kill) ends only that job; the runner reports it as failed and keeps serving.
 - A job that ends with an exception is reported failed with ``"<ExcType>: message"``; a child
   that dies without a final message is reported failed with its exit code. A job stopped on
-  purpose (cancel, dropped by the controller, self-fenced) is never reported as failed.
+  purpose (cancel, dropped by the controller, self-fenced) is never reported as failed. The
+  whole decision is ``outcome.decide_outcome``, a pure function of (final message, stop
+  reason, exit code); children speak the vocabulary of ``messages``.
 - Stopping sets the child's cancel event (checked between batches and while waiting for the
   controller); a child still alive ``stop_grace_s`` later is terminated, then killed.
 - The runner holds no state worth keeping: the controller owns jobs; after a trainer restart the
@@ -17,13 +19,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
-import signal
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ from cnnswarm.cpu import torch_threads_for
 from cnnswarm.errors import Conflict, InvalidInput, StaleAttempt
 from cnnswarm.trainer.child import ChildConfig, Dispatch, child_main
 from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavailable
+from cnnswarm.trainer.messages import ChildMessage, FinalMessage, MessageKind
+from cnnswarm.trainer.outcome import JobPhase, StopReason, decide_outcome
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -45,36 +47,7 @@ FINISHED_JOBS_KEPT = 200
 FORKSERVER_PRELOAD = ("torch", "cnnswarm.ml.train", "cnnswarm.trainer.child")
 DEFAULT_STOP_GRACE_S = 5.0
 
-ChildTarget = Callable[[Dispatch, ChildConfig, "Queue[dict[str, Any]]", "Event"], None]
-
-
-class JobPhase(StrEnum):
-    """Where a job stands on this trainer.
-
-    ``running`` → ``stopping`` (stop requested) → one of the final phases; ``running`` may also
-    end directly in ``succeeded`` or ``failed``.
-    """
-
-    RUNNING = "running"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # stopped by a cancel request
-    DROPPED = "dropped"  # stopped because the controller said so (cancelled or reassigned)
-    FENCED = "fenced"  # stopped because this attempt lost its lease (409 or self-fencing)
-
-    @property
-    def is_final(self) -> bool:
-        """True when the job's child has ended."""
-        return self not in (JobPhase.RUNNING, JobPhase.STOPPING)
-
-
-class StopReason(StrEnum):
-    """Why the runner stops a job; maps to the job's final phase."""
-
-    CANCELLED = "cancelled"
-    DROPPED = "dropped"
-    FENCED = "fenced"
+ChildTarget = Callable[[Dispatch, ChildConfig, "Queue[ChildMessage]", "Event"], None]
 
 
 def _dispatch_field(body: Mapping[str, Any], name: str, kind: type, *, optional: bool) -> Any:
@@ -117,24 +90,13 @@ def child_torch_threads(settings: Settings) -> int:
     return torch_threads_for(settings, sharers=settings.trainer_slots)
 
 
-def describe_exit(exitcode: int | None) -> str:
-    """A human description of a child's exit code (negative = killed by a signal)."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"killed by {name} (exit code {exitcode})"
-    return f"exit code {exitcode}"
-
-
 @dataclass
 class TrackedJob:
     """One attempt of one job on this trainer, with its child process."""
 
     dispatch: Dispatch
     process: BaseProcess
-    messages: Queue[dict[str, Any]]
+    messages: Queue[ChildMessage]
     cancel: Event
     started_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
@@ -145,7 +107,7 @@ class TrackedJob:
     error: str | None = None
     stop_reason: StopReason | None = None
     stop_requested_at: float | None = None
-    final_message: dict[str, Any] | None = None
+    final_message: FinalMessage | None = None
 
     def status(self) -> dict[str, Any]:
         """The seed's per-job status entry plus this trainer's extras."""
@@ -278,7 +240,7 @@ class JobRunner:
                 self._request_stop(current, StopReason.FENCED)
             if not self.free_slots():
                 raise Conflict(f"no free slot: all {self.slots} slot(s) of this trainer are busy")
-            messages: Queue[dict[str, Any]] = self._context.Queue()
+            messages: Queue[ChildMessage] = self._context.Queue()
             cancel = self._context.Event()
             process = self._context.Process(
                 target=self.child_target,
@@ -358,42 +320,23 @@ class JobRunner:
             except (queue.Empty, EOFError, OSError, ValueError):
                 return
             with self._lock:
-                if message.get("kind") == "progress":
-                    job.progress = float(message.get("progress", job.progress))
-                    job.epoch = int(message.get("epoch", job.epoch))
-                    job.metrics = list(message.get("metrics", job.metrics))
+                if message["kind"] == MessageKind.PROGRESS:
+                    job.progress = message["progress"]
+                    job.epoch = message["epoch"]
+                    job.metrics = message["metrics"]
                 else:
                     job.final_message = message
 
     def _reap(self, job: TrackedJob) -> None:
         """Decide a finished child's outcome and report a failure when one is due."""
-        final = job.final_message or {}
-        kind = final.get("kind")
-        report: tuple[str, bool] | None = None
+        outcome = decide_outcome(job.final_message, job.stop_reason, job.process.exitcode)
         with self._lock:
             job.ended_at = time.monotonic()
-            if kind == "succeeded":
-                job.phase, job.progress = JobPhase.SUCCEEDED, 1.0
-            elif kind == "fenced" and job.stop_reason is None:
-                # With a stop requested, the 409 that fenced the child is that stop's echo (a
-                # cancel marks the job cancelled in the DB first): the stop's reason is the phase.
-                job.phase, job.error = JobPhase.FENCED, final.get("error")
-            elif job.stop_reason is not None or kind == "cancelled":
-                job.phase = {
-                    StopReason.CANCELLED: JobPhase.CANCELLED,
-                    StopReason.DROPPED: JobPhase.DROPPED,
-                    StopReason.FENCED: JobPhase.FENCED,
-                    None: JobPhase.CANCELLED,
-                }[job.stop_reason]
-            elif kind == "failed":
-                job.phase, job.error = JobPhase.FAILED, str(final.get("error"))
-                report = (job.error, bool(final.get("retryable", False)))
-            else:
-                exitcode = job.process.exitcode
-                job.phase = JobPhase.FAILED
-                job.error = f"the job's process died without a report: {describe_exit(exitcode)}"
-                # A kill by a signal (typically the OOM killer) may not recur on another try.
-                report = (job.error, exitcode is not None and exitcode < 0)
+            job.phase = outcome.phase
+            if outcome.phase is JobPhase.SUCCEEDED:
+                job.progress = 1.0
+            if outcome.error is not None:
+                job.error = outcome.error
         log.info(
             "job %s attempt %d ended: %s%s",
             job.dispatch.job_id,
@@ -403,8 +346,9 @@ class JobRunner:
         )
         job.process.join(timeout=1.0)
         job.messages.close()
-        if report is not None:
-            self._report_failure_in_background(job.dispatch, *report)
+        if outcome.report_failure:
+            assert job.error is not None  # every reported outcome carries its error
+            self._report_failure_in_background(job.dispatch, job.error, outcome.retryable)
 
     def _report_failure_in_background(
         self, dispatch: Dispatch, error: str, retryable: bool
