@@ -29,6 +29,9 @@ from cnnswarm.ml.datasets.digits import load_digits
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SIZE = 32
 SEED_NORMALIZATION = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# train_opts that learn this dataset in a few epochs (all but the seed's network, which keeps
+# the seed's own options); add num_epochs.
+QUICK_OPTS = {"optimizer": "adamw", "lr": 0.003, "momentum": 0.9, "batch_size": 32, "seed": 0}
 
 
 def _photos() -> list[np.ndarray]:

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from cluster import Cluster
-from real_images import digits_rgb32, write_cifar10_archive
+from real_images import QUICK_OPTS, digits_rgb32, write_cifar10_archive
 from served import FORMS, served_accuracy
 from support import wait_until
 
@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 CHANCE = 0.1
 TOLERANCE = 0.01
 # Short runs that learn this dataset well (the seed's network keeps the seed's own options).
-QUICK_OPTS = {"optimizer": "adamw", "lr": 0.003, "momentum": 0.9, "batch_size": 32, "seed": 0}
 V1_JOBS = {
     "ResNet8": {**QUICK_OPTS, "num_epochs": 5},
     "ResNet20": {**QUICK_OPTS, "num_epochs": 3},

@@ -21,11 +21,10 @@ from cnnswarm.ml.datasets.base import ArrayDataset, normalize
 from cnnswarm.ml.models import needs_calibration
 from cnnswarm.ml.seed_model import SITE_KEYS
 from cnnswarm.ml.train import TrainResult, train
-from real_images import digits_rgb32
+from real_images import QUICK_OPTS, digits_rgb32
 
 pytestmark = pytest.mark.slow
 
-QUICK_OPTS = {"optimizer": "adamw", "lr": 0.003, "momentum": 0.9, "batch_size": 32, "seed": 0}
 RUNS = {
     # The seed's own options (SGD lr 0.01, momentum 0.5), no schedule: 8 epochs.
     "NNConvResNetRGB": ({"num_epochs": 8, "scheduler_mode": "none", "seed": 0}, 0.75),

@@ -4,8 +4,8 @@ In eval mode a ``BatchNorm2d`` right after a ``Conv2d`` is an affine map per cha
 be folded into that convolution's weights and bias once, at load time: the served model gives
 the same outputs (up to float rounding) with one op and one module call fewer per pair. The
 pass works on the model's ``torch.fx`` graph and leaves a convolution alone when its output has
-other users or the module is called more than once. The seed's network, whose convs and norms
-are tied, folds itself (``NNConvResNetRGB.folded``: one conv per call site).
+other users or the module is called more than once. A model whose convs and norms are tied
+folds itself through a ``folded()`` method (the seed's network: one conv per call site).
 
 Every registered model type folds completely (``count_batch_norms`` of the result is 0, tested
 for each); the unfolded fallback exists for models this pass cannot trace, and is logged.
@@ -21,8 +21,6 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from cnnswarm.ml.seed_model import NNConvResNetRGB
-
 log = logging.getLogger(__name__)
 
 # Folding changes the rounding of each output, never more than this (checked at load).
@@ -37,7 +35,8 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     modified beyond ``eval()``."""
     model.eval()
     try:
-        folded = model.folded() if isinstance(model, NNConvResNetRGB) else _fold(model)
+        folds_itself = getattr(model, "folded", None)
+        folded = folds_itself() if callable(folds_itself) else _fold(model)
     except Exception as exc:  # fx cannot trace data-dependent control flow; serve as is
         log.info("serving %s unfolded (%s)", type(model).__name__, exc)
         return model

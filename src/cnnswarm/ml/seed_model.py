@@ -73,21 +73,14 @@ class TiedBatchNorm2d(nn.BatchNorm2d):
     def normalize(self, x: torch.Tensor, site: int) -> torch.Tensor:
         """Batch statistics in train mode (updating ``site``'s running ones), ``site``'s
         running statistics in eval mode."""
+        factor = 0.0  # eval mode reads the running statistics and never updates them
         if self.training:
             self.site_batches_tracked[site] += 1
             # momentum None: a cumulative average, as BatchNorm2d does (used by recalibration).
-            factor = self.momentum
-            if factor is None:
-                factor = 1.0 / float(self.site_batches_tracked[site])
-            return F.batch_norm(
-                x,
-                self.site_running_mean[site],
-                self.site_running_var[site],
-                self.weight,
-                self.bias,
-                training=True,
-                momentum=factor,
-                eps=self.eps,
+            factor = (
+                self.momentum
+                if self.momentum is not None
+                else 1.0 / float(self.site_batches_tracked[site])
             )
         return F.batch_norm(
             x,
@@ -95,7 +88,8 @@ class TiedBatchNorm2d(nn.BatchNorm2d):
             self.site_running_var[site],
             self.weight,
             self.bias,
-            training=False,
+            training=self.training,
+            momentum=factor,
             eps=self.eps,
         )
 
