@@ -9,12 +9,13 @@ Guarantees:
 - A role that would listen beyond loopback without an API token (and without
   ``CNN_SWARM_ALLOW_NO_TOKEN=1``) does not start: ``ConfigError`` before gunicorn binds.
 - SIGTERM stops gracefully (in-flight requests finish, up to ``GRACEFUL_TIMEOUT_S``); SIGINT stops
-  quickly. Access log goes to stdout, errors to stderr.
+  quickly. Either way the worker, as it exits, calls the stop callables its app's factory
+  registered (``cnnswarm.lifecycle``), so jobs, threads and leases end before the process does.
+  Access log goes to stdout, errors to stderr.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +27,12 @@ from gunicorn.app.base import BaseApplication
 from cnnswarm.atomic import write_text_atomically
 from cnnswarm.config import Settings, check_token_policy
 from cnnswarm.cpu import torch_threads_for
+from cnnswarm.lifecycle import stop_all
 
 # A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
 # while requests run, so this bounds a hung worker, not a long upload or a long SSE stream.
 WORKER_TIMEOUT_S = 300
 GRACEFUL_TIMEOUT_S = 30
-# ``app.extensions`` entries whose ``stop()`` a worker calls on its way out.
-TRAINER_SERVICES = ("trainer_service",)
-CONTROLLER_SERVICES = ("cnnswarm.scheduler",)
 # Successful requests to these paths are not access-logged (heartbeats, health probes).
 QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz"})
 
@@ -69,7 +68,6 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         workers: int,
         torch_threads: int,
         url_file: Path | None,
-        services: tuple[str, ...],
     ) -> None:
         self.factory = factory
         self.settings = settings
@@ -77,7 +75,6 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         self.workers = workers
         self.torch_threads = torch_threads
         self.url_file = url_file
-        self.services = services
         super().__init__()
 
     @property
@@ -132,22 +129,10 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         return self.factory(self.settings)
 
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
-        """In the worker, as it exits: stop the app's background services, so jobs, threads and
-        leases end before the process does. A service ``"a.b"`` is ``app.extensions["a"].b``;
-        one that is absent is skipped."""
+        """In the worker, as it exits: call the stop callables the app's factory registered."""
         app = getattr(worker, "wsgi", None)
-        extensions = getattr(app, "extensions", {})
-        for path in self.services:
-            name, *attributes = path.split(".")
-            service = extensions.get(name)
-            for attribute in attributes:
-                service = getattr(service, attribute, None)
-            stop = getattr(service, "stop", None)
-            if callable(stop):
-                try:
-                    stop()
-                except Exception:  # one failing service must not keep the others running
-                    logging.getLogger(__name__).exception("stopping %s failed", path)
+        if app is not None:  # None when the factory itself failed: nothing was started
+            stop_all(app)
 
 
 def _reachable_host(host: str) -> str:
@@ -163,12 +148,11 @@ def serve_app(
     workers: int,
     torch_threads: int,
     url_file: Path | None = None,
-    services: tuple[str, ...] = (),
 ) -> None:
     """Serve ``factory(settings)`` (built in each worker, ``settings`` carrying the bound port)
-    on the role's host and port until stopped; ``services`` name ``app.extensions`` entries
-    whose ``stop()`` runs when a worker exits. Raises ``ConfigError`` before binding when the
-    role's host is beyond loopback and no API token is set (``check_token_policy``)."""
+    on the role's host and port until stopped; what the factory registered with
+    ``lifecycle.on_stop`` runs when a worker exits. Raises ``ConfigError`` before binding when
+    the role's host is beyond loopback and no API token is set (``check_token_policy``)."""
     check_token_policy(
         settings, settings.controller_host if role == "controller" else settings.train_host
     )
@@ -179,7 +163,6 @@ def serve_app(
         workers=workers,
         torch_threads=torch_threads,
         url_file=url_file,
-        services=services,
     ).run()
 
 
@@ -198,7 +181,6 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
         workers=workers,
         torch_threads=torch_threads_for(settings, sharers=workers),
         url_file=url_file,
-        services=CONTROLLER_SERVICES,
     )
 
 
@@ -221,5 +203,4 @@ def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
         workers=1,
         torch_threads=threads,
         url_file=url_file,
-        services=TRAINER_SERVICES,
     )

@@ -2,13 +2,13 @@
 
 ``create_app(settings)`` opens the stores and wires the routes; it starts nothing.
 ``create_app(settings, start_background=True)`` (what gunicorn runs in each worker) also
-starts the scheduler thread. ``/readyz`` answers 503 until the database answered and, with
-``start_background``, the scheduler runs.
+starts the scheduler thread and registers its stop (``lifecycle.on_stop``: the leader lease is
+handed over when the worker exits). ``/readyz`` answers 503 until the database answered and,
+with ``start_background``, the scheduler runs.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 from typing import Any
 
@@ -31,6 +31,7 @@ from cnnswarm.controller.openapi import build_openapi
 from cnnswarm.controller.predictor import Predictor
 from cnnswarm.controller.scheduler import Scheduler
 from cnnswarm.http import register_error_handlers
+from cnnswarm.lifecycle import on_stop
 from cnnswarm.store import open_stores
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
 
     if start_background:
         context.scheduler.start()
-        atexit.register(context.scheduler.stop)
+        on_stop(app, context.scheduler.stop)
     context.ready = True
     return app
 
