@@ -21,6 +21,7 @@ from flask import Flask, Response, jsonify, request
 
 from cnnswarm.config import Settings
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization
+from cnnswarm.protocol import FailureReport, Heartbeat, parse
 from support import serve_in_thread, wait_until
 
 
@@ -58,7 +59,8 @@ class FakeController:
     failures: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     dataset_answers: list[int] = field(default_factory=list)
-    created_jobs: list[dict[str, Any]] = field(default_factory=list)
+    # Seed /train requests as they arrived: (raw body, Idempotency-Key header).
+    seed_trains: list[tuple[bytes, str | None]] = field(default_factory=list)
     # job_id -> the attempt that currently owns it; writes of any other attempt get 409.
     owner_attempt: dict[str, int] = field(default_factory=dict)
     # Dataset ids whose download answers 503 (the controller "is restarting").
@@ -101,8 +103,10 @@ def _build_app(state: FakeController) -> Flask:
 
     @app.post("/internal/v1/heartbeat")
     def heartbeat() -> Any:
+        body = request.get_json()
+        parse(Heartbeat, body)  # the trainer sends what the protocol declares
         with state.lock:
-            state.heartbeats.append(request.get_json())
+            state.heartbeats.append(body)
             drop, state.drop = state.drop, []
         return jsonify({"drop": drop, "lease_timeout_s": 10.0, "heartbeat_interval_s": 1.0})
 
@@ -149,18 +153,20 @@ def _build_app(state: FakeController) -> Flask:
     @app.post("/internal/v1/jobs/<job_id>/failure")
     def failure(job_id: str) -> Any:
         body = request.get_json()
+        parse(FailureReport, body)  # the trainer sends what the protocol declares
         if fenced(job_id, int(body["attempt"])):
             return jsonify({"exception": "StaleAttempt", "error": "stale attempt"}), 409
         state.failures.append({"job_id": job_id, **body})
         return jsonify({"ok": True})
 
-    @app.post("/api/v1/jobs")
-    def create_job() -> Any:
-        body = request.get_json()
-        if body.get("model_type") == "NoSuchModel":
+    @app.post("/train")
+    def seed_train() -> Any:
+        body = request.get_data()
+        state.seed_trains.append((body, request.headers.get("Idempotency-Key")))
+        if b"NoSuchModel" in body:
             return jsonify({"exception": "InvalidInputArg", "field": "model_type"}), 400
-        state.created_jobs.append(body)
-        return jsonify({"id": f"job-{len(state.created_jobs)}", "state": "queued"}), 202
+        job_id = f"job-{len(state.seed_trains)}"
+        return jsonify({"status": {"initiated": True}, "job_id": job_id, "model_id": "m"})
 
     return app
 

@@ -11,6 +11,7 @@ import pytest
 
 from cnnswarm.errors import NotFound, StaleAttempt
 from cnnswarm.ml.datasets.base import ArrayDataset
+from cnnswarm.protocol import Heartbeat
 from cnnswarm.trainer.controller_api import (
     ControllerClient,
     ControllerUnavailable,
@@ -107,10 +108,11 @@ def test_several_controllers_fail_over(
     client = ControllerClient(f"{dead_controller_url}, {fake_controller.url}/")
     assert client.base_url == dead_controller_url
     # A heartbeat is tried once: it fails on the dead controller and moves on ...
+    beat = Heartbeat(trainer_id="t1", url="http://t1", slots=1)
     with pytest.raises(ControllerUnavailable):
-        client.heartbeat({"trainer_id": "t1", "url": "u", "slots": 1, "jobs": []})
+        client.heartbeat(beat)
     # ... so the next one reaches the live one.
-    assert "drop" in client.heartbeat({"trainer_id": "t1", "url": "u", "slots": 1, "jobs": []})
+    assert client.heartbeat(beat).drop == []
     # Retried calls fail over within one call.
     client = ControllerClient(f"{dead_controller_url},{fake_controller.url}")
     path = client.fetch_dataset("tiny", tmp_path / "cache", policy=FAST)

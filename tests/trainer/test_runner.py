@@ -18,7 +18,7 @@ from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_to_bytes
 from cnnswarm.ml.datasets.base import ArrayDataset
 from cnnswarm.ml.train import train
-from cnnswarm.trainer.child import Dispatch
+from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobPhase, JobRunner, StopReason
 from support import drive_until
@@ -203,14 +203,16 @@ ORPHAN_SCRIPT = """
 import sys
 from pathlib import Path
 from cnnswarm.config import Settings
-from cnnswarm.trainer.child import Dispatch
+from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobRunner
 
 if __name__ == "__main__":
     settings = Settings(home_dir=Path(sys.argv[2]), controller_url=sys.argv[1], torch_threads=1)
     runner = JobRunner(settings, ControllerClient(sys.argv[1]))
-    job = runner.start(Dispatch("j", 1, "m", "SmallConvNet", "waiting", None, None))
+    job = runner.start(
+        Dispatch(job_id="j", attempt=1, model_id="m", model_type="SmallConvNet", dataset="waiting")
+    )
     print(job.process.pid, flush=True)
     sys.stdin.read()  # until the test kills this process
 """

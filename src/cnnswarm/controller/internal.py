@@ -7,7 +7,6 @@ checkpoint or publish the model of the attempt that replaced it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, request, send_file
@@ -15,109 +14,55 @@ from flask import Blueprint, Response, request, send_file
 from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.model_publish import publish_model
-from cnnswarm.errors import InvalidInput, NotFound
+from cnnswarm.errors import NotFound
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
-from cnnswarm.store.artifacts import check_id
+from cnnswarm.protocol import (
+    Drop,
+    FailureReport,
+    Heartbeat,
+    HeartbeatAnswer,
+    JobWrite,
+    check_id,
+    parse,
+)
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
-
-
-# Attempts and epochs are stored in 32-bit integer columns; anything larger is a bad request.
-MAX_COUNTER = 2**31 - 1
-
-
-def _attempt(raw: Any, field: str = "attempt") -> int:
-    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-        raise InvalidInput(f"{field} must be an integer", field=field)
-    try:
-        attempt = int(raw)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidInput(f"{field} must be an integer", field=field) from None
-    if not 1 <= attempt <= MAX_COUNTER:
-        raise InvalidInput(f"{field} must be an integer 1..{MAX_COUNTER}", field=field)
-    return attempt
-
-
-def _fraction(raw: Any) -> float | None:
-    """``raw`` as a number 0..1, or None when it is not one."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0.0 <= raw <= 1.0:
-        return None
-    return float(raw)
-
-
-@dataclass(frozen=True)
-class JobReport:
-    """One job of a trainer's heartbeat; None for what the trainer did not report."""
-
-    job_id: str
-    attempt: int
-    progress: float | None
-    epoch: int | None
-    metrics: list[Any] | None
-
-
-def _job_report(index: int, report: dict[str, Any]) -> JobReport:
-    """A heartbeat's job report: a job id, its attempt and, if present, a sane epoch (else
-    400). A progress outside 0..1 or metrics that are not a list are ignored, not refused."""
-    job_id = check_id(report.get("job_id"), f"jobs[{index}].job_id")
-    attempt = _attempt(report.get("attempt"), f"jobs[{index}].attempt")
-    epoch = report.get("epoch")
-    if epoch is not None and (
-        not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_COUNTER
-    ):
-        raise InvalidInput(f"jobs[{index}].epoch must be an integer 0..{MAX_COUNTER}", field="jobs")
-    metrics = report.get("metrics")
-    return JobReport(
-        job_id=job_id,
-        attempt=attempt,
-        progress=_fraction(report.get("progress")),
-        epoch=epoch,
-        metrics=metrics if isinstance(metrics, list) else None,
-    )
 
 
 @bp.post("/heartbeat")
 @token_required
 def heartbeat() -> dict[str, Any]:
     """Register/renew a trainer and the leases of the jobs it reports; answer what to drop."""
-    body = json_body()
-    trainer_id = check_id(body.get("trainer_id"), "trainer_id")
-    url = body.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidInput("url must be the trainer's http(s) base URL", field="url")
-    slots = body.get("slots")
-    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 1024:
-        raise InvalidInput("slots must be an integer 1..1024", field="slots")
-    raw_reports = body.get("jobs", [])
-    if not isinstance(raw_reports, list) or not all(isinstance(r, dict) for r in raw_reports):
-        raise InvalidInput("jobs must be a list of objects", field="jobs")
-    reports = [_job_report(index, report) for index, report in enumerate(raw_reports)]
+    beat = parse(Heartbeat, json_body())
     context = ctx()
     settings = context.settings
-    context.stores.trainers.heartbeat(trainer_id, url, slots, [r.job_id for r in reports])
+    context.stores.trainers.heartbeat(
+        beat.trainer_id, beat.url, beat.slots, [report.job_id for report in beat.jobs]
+    )
     drop = []
-    for report in reports:
+    for report in beat.jobs:
         reason = context.stores.jobs.renew(
             report.job_id,
             report.attempt,
-            trainer_id,
+            beat.trainer_id,
             settings.lease_timeout_s,
             progress=report.progress,
             epoch=report.epoch,
             metrics=report.metrics,
         )
         if reason is not None:
-            drop.append({"job_id": report.job_id, "attempt": report.attempt, "reason": reason})
-    if len(reports) - len(drop) < slots:
+            drop.append(Drop(job_id=report.job_id, attempt=report.attempt, reason=reason))
+    if len(beat.jobs) - len(drop) < beat.slots:
         context.scheduler.wake()
-    return {
-        "drop": drop,
-        "lease_timeout_s": settings.lease_timeout_s,
-        "heartbeat_interval_s": settings.heartbeat_interval_s,
-    }
+    answer = HeartbeatAnswer(
+        drop=drop,
+        lease_timeout_s=settings.lease_timeout_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+    return answer.model_dump(mode="json")
 
 
 @bp.get("/datasets/<dataset_id>/arrays")
@@ -152,7 +97,7 @@ def put_checkpoint(job_id: str) -> tuple[str, int]:
     past the ownership check can only touch its own file)."""
     context = ctx()
     check_id(job_id, "job_id")
-    attempt = _attempt(request.args.get("attempt"))
+    attempt = JobWrite.from_query(request.args).attempt
     context.stores.jobs.check_owner(job_id, attempt)
     data = request.get_data(cache=False)
     checkpoint_from_bytes(data)  # refuse a torn or foreign file before it replaces a good one
@@ -168,7 +113,7 @@ def post_result(job_id: str) -> dict[str, Any]:
     transaction, the job's success and the model's record."""
     context = ctx()
     check_id(job_id, "job_id")
-    attempt = _attempt(request.args.get("attempt"))
+    attempt = JobWrite.from_query(request.args).attempt
     job = context.stores.jobs.check_owner(job_id, attempt)
     data = request.get_data(cache=False)
     artifact = artifact_from_bytes(data)
@@ -198,10 +143,8 @@ def post_failure(job_id: str) -> dict[str, Any]:
     attempts are left: then it is requeued."""
     context = ctx()
     check_id(job_id, "job_id")
-    body = json_body()
-    attempt = _attempt(body.get("attempt"))
-    error = str(body.get("error") or "the job failed without a message")
-    retry_within = context.settings.max_attempts if body.get("retryable") is True else None
-    job = context.stores.jobs.fail(job_id, attempt, error, retry_within=retry_within)
+    report = parse(FailureReport, json_body())
+    retry_within = context.settings.max_attempts if report.retryable else None
+    job = context.stores.jobs.fail(job_id, report.attempt, report.error, retry_within=retry_within)
     context.scheduler.wake()
     return {"job_id": job.id, "state": job.state.value}

@@ -17,16 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     WithJsonSchema,
-    field_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
 from cnnswarm.ml.train_options import TrainOptions
+from cnnswarm.protocol import ExampleIdxs, check_example_idxs
 from cnnswarm.store.artifacts import SAFE_ID, check_id
 from cnnswarm.store.jobs import JobSpec
 
@@ -52,25 +50,9 @@ class JobRequest(BaseModel):
         Annotated[str, Field(pattern=SAFE_ID.pattern)] | None,
         Field(description="null: generated (from the Idempotency-Key when given)"),
     ] = None
-    example_idxs: Annotated[
-        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None,
-        Field(description="[start, end): train on these rows of the training set only"),
-    ] = None
+    example_idxs: ExampleIdxs | None = None
     # Checked by TrainOptions.from_dict once model_type is known: the defaults depend on it.
     train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
-
-    @field_validator("example_idxs", mode="wrap")
-    @classmethod
-    def _one_message_for_example_idxs(
-        cls, value: Any, handler: ValidatorFunctionWrapHandler
-    ) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            raise PydanticCustomError(
-                "example_idxs",
-                "Input must be null or [start, end]: two integers, 0 <= start < end",
-            ) from None
 
 
 def parse_job_request(
@@ -125,13 +107,7 @@ def parse_job_request(
 
     example_idxs = job.example_idxs
     if example_idxs is not None:
-        start, end = example_idxs
-        if not 0 <= start < end <= int(info["num_train"]):
-            raise InvalidInput(
-                f"example_idxs must satisfy 0 <= start < end <= {info['num_train']} "
-                f"(the training set of {dataset_id}), got [{start}, {end}]",
-                field="example_idxs",
-            )
+        check_example_idxs(example_idxs, train_size=int(info["num_train"]))
 
     options = TrainOptions.from_dict(job.train_opts, model_type=model_type)
     return JobSpec(

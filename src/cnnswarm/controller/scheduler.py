@@ -20,12 +20,13 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import requests
+from pydantic import ValidationError
 
 from cnnswarm.config import Settings
 from cnnswarm.http import auth_headers
+from cnnswarm.protocol import Dispatch
 from cnnswarm.store import Stores
 from cnnswarm.store.jobs import Job, JobState
 from cnnswarm.store.trainers import Trainer
@@ -133,7 +134,10 @@ class Scheduler:
                 claimed = self.stores.jobs.claim(job, trainer.id, self.settings.lease_timeout_s)
                 if claimed is None:
                     break
-                outcome = self._post_to_trainer(trainer, claimed)
+                dispatch = self._dispatch_of(claimed)
+                if dispatch is None:
+                    break  # failed: no trainer could ever run it
+                outcome = self._post_to_trainer(trainer, dispatch)
                 if outcome == "unknown":
                     # The trainer may have taken it: keep the claim, so this attempt number
                     # is never given to a second trainer; if it did not, the lease expires.
@@ -154,38 +158,50 @@ class Scheduler:
                 break
         return dispatched
 
-    def _post_to_trainer(self, trainer: Trainer, job: Job) -> str:
-        """POST the job to the trainer: "accepted", "refused" (surely not running there) or
-        "unknown" (the request may have arrived: a timeout waiting for the answer)."""
-        body: dict[str, Any] = {
-            "job_id": job.id,
-            "attempt": job.attempt,
-            "model_id": job.model_id,
-            "model_type": job.model_type,
-            "dataset": job.dataset,
-            "example_idxs": job.example_idxs,
-            "train_opts": job.train_opts,
-        }
+    def _dispatch_of(self, job: Job) -> Dispatch | None:
+        """The dispatch of a claimed job; None, with the job failed, when its row does not
+        make one (it was accepted under other rules): retrying cannot fix that."""
+        try:
+            return Dispatch(
+                job_id=job.id,
+                attempt=job.attempt,
+                model_id=job.model_id,
+                model_type=job.model_type,
+                dataset=job.dataset,
+                example_idxs=job.example_idxs,
+                train_opts=job.train_opts,
+            )
+        except ValidationError as exc:
+            error = f"the job cannot be dispatched: {exc.errors(include_url=False)[0]}"
+            log.error("job %s: %s", job.id, error)
+            self.stores.jobs.fail(job.id, job.attempt, error)
+            return None
+
+    def _post_to_trainer(self, trainer: Trainer, dispatch: Dispatch) -> str:
+        """POST the dispatch to the trainer: "accepted", "refused" (surely not running there)
+        or "unknown" (the request may have arrived: a timeout waiting for the answer)."""
         try:
             response = self._session.post(
                 f"{trainer.url.rstrip('/')}/train",
-                json=body,
+                json=dispatch.model_dump(mode="json"),
                 headers=auth_headers(self.settings.api_token),
                 timeout=DISPATCH_TIMEOUT_S,
             )
         except requests.ConnectionError as exc:  # refused, unreachable, connect timeout
-            log.warning("dispatch of %s to %s failed: %s", job.id, trainer.url, exc)
+            log.warning("dispatch of %s to %s failed: %s", dispatch.job_id, trainer.url, exc)
             return "refused"
         except requests.RequestException as exc:
-            log.warning("dispatch of %s to %s got no answer: %s", job.id, trainer.url, exc)
+            log.warning("dispatch of %s to %s got no answer: %s", dispatch.job_id, trainer.url, exc)
             return "unknown"
         if response.status_code in (200, 202):
-            log.info("job %s attempt %d -> trainer %s", job.id, job.attempt, trainer.id)
+            log.info(
+                "job %s attempt %d -> trainer %s", dispatch.job_id, dispatch.attempt, trainer.id
+            )
             return "accepted"
         log.warning(
             "trainer %s refused %s: %s %s",
             trainer.url,
-            job.id,
+            dispatch.job_id,
             response.status_code,
             response.text[:200],
         )

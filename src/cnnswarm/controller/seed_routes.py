@@ -23,6 +23,7 @@ from cnnswarm.errors import CnnSwarmError, InvalidInput
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.datasets import SEED_CIFAR10_TAGS, normalize
 from cnnswarm.ml.datasets.cifar10 import CIFAR10_CLASSES
+from cnnswarm.protocol import seed_status_entry
 from cnnswarm.store.jobs import JobState
 
 bp = Blueprint("seed", __name__)
@@ -89,14 +90,14 @@ def status() -> dict[str, Any]:
         if not trainer.is_alive(timeout):
             continue
         jobs = {
-            job.id: {
-                "model_id": job.model_id,
-                "duration": round((job.finished_at or now) - (job.started_at or now), 3),
-                "progress": round(100.0 * job.progress, 2),
-                "complete": job.state.is_final,
-                "state": job.state.value,
-                "attempt": job.attempt,
-            }
+            job.id: seed_status_entry(
+                duration_s=(job.finished_at or now) - (job.started_at or now),
+                progress=job.progress,
+                complete=job.state.is_final,
+                state=job.state.value,
+                attempt=job.attempt,
+                model_id=job.model_id,
+            )
             for job in listed.values()
             if job.trainer_id == trainer.id
             and (job.state == JobState.RUNNING or job.state.is_final)

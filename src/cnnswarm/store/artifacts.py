@@ -8,7 +8,6 @@ must stay inside the store's root.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import uuid
@@ -17,20 +16,8 @@ from pathlib import Path
 from typing import IO
 
 from cnnswarm.errors import InvalidInput
-
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-
-def check_id(value: object, field: str) -> str:
-    """``value`` if it is a safe id (letters, digits, ``_ . -``, 1-128 chars), else
-    ``InvalidInput`` naming ``field``."""
-    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or ".." in value:
-        raise InvalidInput(
-            f"{field} must be 1-128 characters of letters, digits, '_', '.', '-' "
-            f"starting with a letter or digit, got {value!r}",
-            field=field,
-        )
-    return value
+from cnnswarm.protocol import SAFE_ID as SAFE_ID  # the one id rule, shared with the trainer
+from cnnswarm.protocol import check_id as check_id
 
 
 def copy_stream(stream: IO[bytes], chunk_size: int = 1 << 20) -> Iterable[bytes]:

@@ -21,9 +21,9 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
 
 from cnnswarm.config import Settings
+from cnnswarm.protocol import Heartbeat, HeartbeatAnswer
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.outcome import StopReason
 from cnnswarm.trainer.runner import JobRunner
@@ -85,14 +85,14 @@ class HeartbeatAgent:
         """True when the latest heartbeat round succeeded."""
         return self.last_success_at is not None and self.consecutive_failures == 0
 
-    def heartbeat_body(self) -> dict[str, Any]:
+    def heartbeat(self) -> Heartbeat:
         """What one heartbeat says about this trainer."""
-        return {
-            "trainer_id": self.trainer_id,
-            "url": self.url,
-            "slots": self.runner.slots,
-            "jobs": self.runner.heartbeat_jobs(),
-        }
+        return Heartbeat(
+            trainer_id=self.trainer_id,
+            url=self.url,
+            slots=self.runner.slots,
+            jobs=self.runner.heartbeat_jobs(),
+        )
 
     def beat_once(self) -> bool:
         """Send one heartbeat and act on the answer.
@@ -100,7 +100,7 @@ class HeartbeatAgent:
         Returns True when the controller answered.
         """
         try:
-            answer = self.client.heartbeat(self.heartbeat_body())
+            answer = self.client.heartbeat(self.heartbeat())
         except Exception as exc:  # never let one bad round end the loop
             self.consecutive_failures += 1
             log.warning("heartbeat failed (%d in a row): %s", self.consecutive_failures, exc)
@@ -110,22 +110,12 @@ class HeartbeatAgent:
         self._apply_answer(answer)
         return True
 
-    def _apply_answer(self, answer: dict[str, Any]) -> None:
-        for drop in answer.get("drop") or []:
-            if not isinstance(drop, dict) or not isinstance(drop.get("job_id"), str):
-                log.warning("ignoring a malformed drop entry: %r", drop)
-                continue
-            attempt = drop.get("attempt")
-            if self.runner.stop(
-                drop["job_id"],
-                StopReason.DROPPED,
-                attempt=attempt if isinstance(attempt, int) else None,
-            ):
-                log.info("controller dropped job %s (%s)", drop["job_id"], drop.get("reason"))
-        for key in ("heartbeat_interval_s", "lease_timeout_s"):
-            value = answer.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                setattr(self, key.replace("heartbeat_", ""), float(value))
+    def _apply_answer(self, answer: HeartbeatAnswer) -> None:
+        for drop in answer.drop:
+            if self.runner.stop(drop.job_id, StopReason.DROPPED, attempt=drop.attempt):
+                log.info("controller dropped job %s (%s)", drop.job_id, drop.reason)
+        self.interval_s = answer.heartbeat_interval_s
+        self.lease_timeout_s = answer.lease_timeout_s
 
     def next_delay_s(self) -> float:
         """The wait before the next round: the interval, doubled per failure, capped."""

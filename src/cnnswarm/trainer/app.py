@@ -17,16 +17,16 @@ import logging
 import threading
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 from cnnswarm.config import Settings, load_settings
-from cnnswarm.errors import NotFound
+from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import json_body, register_error_handlers, require_token
-from cnnswarm.lifecycle import on_stop
+from cnnswarm.protocol import Dispatch, parse
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.outcome import StopReason
-from cnnswarm.trainer.runner import JobRunner, parse_dispatch
+from cnnswarm.trainer.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,13 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     @app.post("/train")
     @token_required
     def train() -> tuple[Response, int]:
-        body = json_body()
+        try:
+            body = json_body()
+        except InvalidInput:
+            body = {}  # not a JSON object: the controller says what is wrong with it
         if "job_id" not in body:
-            return _forward_seed_train(service, body)
-        dispatch = parse_dispatch(body)
+            return _forward_seed_train(service)
+        dispatch = parse(Dispatch, body)
         service.runner.start(dispatch)
         return jsonify({"status": {"initiated": True}, "job_id": dispatch.job_id}), 202
 
@@ -174,22 +177,17 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
 
     if start_background:
         service.start()
-        on_stop(app, service.stop)
     return app
 
 
-def _forward_seed_train(service: TrainerService, body: dict[str, Any]) -> tuple[Response, int]:
-    """A seed ``/train`` body sent to a trainer becomes a new job on the controller."""
-    job = {
-        "dataset": body.get("dataset") or "cifar10",
-        "model_type": body.get("model_type"),
-        "model_id": body.get("model_id"),
-        "example_idxs": body.get("example_idxs"),
-        "train_opts": body.get("train_opts"),
+def _forward_seed_train(service: TrainerService) -> tuple[Response, int]:
+    """A seed ``/train`` body sent to a trainer goes, byte for byte, to the controller's seed
+    ``/train``, which judges it by its one rule set; its answer comes back as it is."""
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() in ("content-type", "idempotency-key")
     }
-    job = {key: value for key, value in job.items() if value is not None}
-    status_code, answer = service.client.create_job(job)
-    if 200 <= status_code < 300:
-        job_id = answer.get("id") if isinstance(answer, dict) else None
-        return jsonify({"status": {"initiated": True}, "job_id": job_id}), 200
-    return jsonify(answer), status_code
+    answer = service.client.forward_seed_train(request.get_data(cache=True), headers)
+    forwarded = Response(answer.content, content_type=answer.headers.get("Content-Type"))
+    return forwarded, answer.status_code

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnswarm.errors import StaleAttempt, TrainingCancelled
+from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.controller_api import (
     ControllerClient,
     ControllerUnavailable,
@@ -50,19 +51,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_POLICY = RetryPolicy(deadline_s=10.0)
 # Exit code of a child whose parent vanished.
 PARENT_GONE_EXIT_CODE = 70
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """One attempt of one job, as the controller dispatches it to ``POST /train``."""
-
-    job_id: str
-    attempt: int
-    model_id: str
-    model_type: str
-    dataset: str
-    example_idxs: list[int] | None
-    train_opts: dict[str, Any] | None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from cnnswarm.errors import (
     Unprocessable,
 )
 from cnnswarm.http import auth_headers
+from cnnswarm.protocol import FailureReport, Heartbeat, HeartbeatAnswer, JobWrite, parse
 from cnnswarm.urls import quote_segment
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,17 @@ class ControllerClient:
 
     # -- the protocol -------------------------------------------------------------------------
 
-    def heartbeat(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /internal/v1/heartbeat once (no retry); the answer's JSON object."""
-        response = self._request("POST", "/internal/v1/heartbeat", policy=ONE_TRY, json=body)
-        answer = response.json()
-        if not isinstance(answer, dict):
-            raise ControllerUnavailable("heartbeat answer is not a JSON object")
-        return answer
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
+        """POST /internal/v1/heartbeat once (no retry); the controller's answer.
+
+        An answer that is not a ``HeartbeatAnswer`` raises ``ControllerUnavailable``."""
+        response = self._request(
+            "POST", "/internal/v1/heartbeat", policy=ONE_TRY, json=beat.model_dump(mode="json")
+        )
+        try:
+            return parse(HeartbeatAnswer, response.json())
+        except (ValueError, InvalidInput) as exc:
+            raise ControllerUnavailable(f"the heartbeat answer does not fit: {exc}") from None
 
     def fetch_dataset(
         self, dataset_id: str, cache_dir: Path, *, policy: RetryPolicy = RetryPolicy(None)
@@ -245,7 +250,7 @@ class ControllerClient:
             "PUT",
             path,
             policy=policy,
-            params={"attempt": attempt},
+            params=JobWrite(attempt=attempt).model_dump(),
             data=data,
             headers={"Content-Type": "application/octet-stream"},
         )
@@ -259,7 +264,7 @@ class ControllerClient:
             "POST",
             path,
             policy=policy,
-            params={"attempt": attempt},
+            params=JobWrite(attempt=attempt).model_dump(),
             data=data,
             headers={"Content-Type": "application/octet-stream"},
         )
@@ -275,23 +280,21 @@ class ControllerClient:
     ) -> None:
         """Report that this attempt failed; ``StaleAttempt`` when fenced."""
         path = f"/internal/v1/jobs/{quote_segment(job_id)}/failure"
-        body = {"attempt": attempt, "error": error, "retryable": retryable}
-        self._request("POST", path, policy=policy, json=body)
+        report = FailureReport.of(attempt, error, retryable)
+        self._request("POST", path, policy=policy, json=report.model_dump(mode="json"))
 
-    def create_job(self, body: Mapping[str, Any]) -> tuple[int, Any]:
-        """POST /api/v1/jobs once; the controller's status and JSON answer, whatever they are."""
+    def forward_seed_train(self, body: bytes, headers: Mapping[str, str]) -> requests.Response:
+        """POST a seed ``/train`` body, byte for byte, to the controller's seed ``/train``
+        once (with ``headers``: its content type, an ``Idempotency-Key``); the controller's
+        answer, whatever it is. ``ControllerUnavailable`` when no controller answers."""
         try:
-            response = self.session.post(
-                self.base_url + "/api/v1/jobs",
-                json=body,
-                headers=auth_headers(self.token),
+            return self.session.post(
+                self.base_url + "/train",
+                data=body,
+                headers={**headers, **auth_headers(self.token)},
                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
             )
         except requests.RequestException as exc:
             raise ControllerUnavailable(
                 f"the controller at {self.base_url} cannot be reached: {type(exc).__name__}"
             ) from exc
-        try:
-            return response.status_code, response.json()
-        except ValueError:
-            return response.status_code, {"exception": "ControllerError", "error": response.text}

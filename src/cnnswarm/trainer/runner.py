@@ -22,15 +22,16 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from cnnswarm.config import Settings
 from cnnswarm.cpu import torch_threads_for
-from cnnswarm.errors import Conflict, InvalidInput, StaleAttempt
-from cnnswarm.trainer.child import ChildConfig, Dispatch, child_main
+from cnnswarm.errors import Conflict, StaleAttempt
+from cnnswarm.protocol import Dispatch, JobReport, seed_status_entry
+from cnnswarm.trainer.child import ChildConfig, child_main
 from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavailable
 from cnnswarm.trainer.messages import ChildMessage, FinalMessage, MessageKind
 from cnnswarm.trainer.outcome import JobPhase, StopReason, decide_outcome
@@ -48,41 +49,6 @@ FORKSERVER_PRELOAD = ("torch", "cnnswarm.ml.train", "cnnswarm.trainer.child")
 DEFAULT_STOP_GRACE_S = 5.0
 
 ChildTarget = Callable[[Dispatch, ChildConfig, "Queue[ChildMessage]", "Event"], None]
-
-
-def _dispatch_field(body: Mapping[str, Any], name: str, kind: type, *, optional: bool) -> Any:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise InvalidInput(f"'{name}' must be a {kind.__name__}", field=name)
-    return value
-
-
-def parse_dispatch(body: Mapping[str, Any]) -> Dispatch:
-    """Validate a ``POST /train`` dispatch body; ``InvalidInput`` names the bad field."""
-    job_id = _dispatch_field(body, "job_id", str, optional=False)
-    if not job_id:
-        raise InvalidInput("'job_id' must not be empty", field="job_id")
-    attempt = _dispatch_field(body, "attempt", int, optional=False)
-    if attempt < 1:
-        raise InvalidInput("'attempt' must be >= 1", field="attempt")
-    example_idxs = body.get("example_idxs")
-    if example_idxs is not None and (
-        not isinstance(example_idxs, list)
-        or len(example_idxs) != 2
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in example_idxs)
-    ):
-        raise InvalidInput("'example_idxs' must be null or [start, end]", field="example_idxs")
-    return Dispatch(
-        job_id=job_id,
-        attempt=attempt,
-        model_id=_dispatch_field(body, "model_id", str, optional=False),
-        model_type=_dispatch_field(body, "model_type", str, optional=False),
-        dataset=_dispatch_field(body, "dataset", str, optional=False),
-        example_idxs=example_idxs,
-        train_opts=_dispatch_field(body, "train_opts", dict, optional=True),
-    )
 
 
 def child_torch_threads(settings: Settings) -> int:
@@ -110,32 +76,28 @@ class TrackedJob:
     final_message: FinalMessage | None = None
 
     def status(self) -> dict[str, Any]:
-        """The seed's per-job status entry plus this trainer's extras."""
+        """The seed's per-job status entry plus this trainer's extras (epoch, error)."""
         end = self.ended_at if self.ended_at is not None else time.monotonic()
-        entry: dict[str, Any] = {
-            "duration": round(end - self.started_at, 3),
-            "progress": 100.0
-            if self.phase is JobPhase.SUCCEEDED
-            else round(self.progress * 100, 2),
-            "complete": self.phase.is_final,
-            "state": self.phase.value,
-            "attempt": self.dispatch.attempt,
-            "model_id": self.dispatch.model_id,
-            "epoch": self.epoch,
-        }
-        if self.error:
-            entry["error"] = self.error
-        return entry
+        return seed_status_entry(
+            duration_s=end - self.started_at,
+            progress=1.0 if self.phase is JobPhase.SUCCEEDED else self.progress,
+            complete=self.phase.is_final,
+            state=self.phase.value,
+            attempt=self.dispatch.attempt,
+            model_id=self.dispatch.model_id,
+            epoch=self.epoch,
+            error=self.error,
+        )
 
-    def heartbeat_entry(self) -> dict[str, Any]:
+    def report(self) -> JobReport:
         """This job as the heartbeat reports it."""
-        return {
-            "job_id": self.dispatch.job_id,
-            "attempt": self.dispatch.attempt,
-            "progress": self.progress,
-            "epoch": self.epoch,
-            "metrics": list(self.metrics),
-        }
+        return JobReport(
+            job_id=self.dispatch.job_id,
+            attempt=self.dispatch.attempt,
+            progress=min(max(self.progress, 0.0), 1.0),
+            epoch=self.epoch,
+            metrics=list(self.metrics),
+        )
 
 
 class JobRunner:
@@ -206,16 +168,14 @@ class JobRunner:
                     latest[job_id] = job
             return {job_id: job.status() for job_id, job in latest.items()}
 
-    def heartbeat_jobs(self) -> list[dict[str, Any]]:
+    def heartbeat_jobs(self) -> list[JobReport]:
         """The jobs this trainer runs, as the heartbeat reports them.
 
         A job being stopped is left out: this trainer no longer claims it (a controller that
         comes back must not re-attach a job the trainer has given up).
         """
         with self._lock:
-            return [
-                job.heartbeat_entry() for job in self._active() if job.phase is JobPhase.RUNNING
-            ]
+            return [job.report() for job in self._active() if job.phase is JobPhase.RUNNING]
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -18,29 +18,7 @@ import torch
 
 from cnnswarm.atomic import write_atomically
 from cnnswarm.errors import InvalidInput
-
-
-def check_example_idxs(value: object, train_size: int | None = None) -> list[int]:
-    """``value`` as ``[start, end]``, training rows ``[start, end)`` (the seed's
-    ``example_idxs``), if it is two integers with ``0 <= start < end`` (``<= train_size`` when
-    given); else ``InvalidInput`` naming ``example_idxs``. The one rule for ``example_idxs``."""
-    if (
-        not isinstance(value, Sequence)
-        or isinstance(value, str | bytes)
-        or len(value) != 2
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
-    ):
-        raise InvalidInput(
-            "example_idxs must be null or [start, end] (two integers)", field="example_idxs"
-        )
-    start, end = int(value[0]), int(value[1])
-    bound = "" if train_size is None else f" <= {train_size} (training set size)"
-    if not 0 <= start < end or (train_size is not None and end > train_size):
-        raise InvalidInput(
-            f"example_idxs must satisfy 0 <= start < end{bound}, got [{start}, {end}]",
-            field="example_idxs",
-        )
-    return [start, end]
+from cnnswarm.protocol import check_example_idxs as check_example_idxs  # the one rule
 
 
 @dataclass(frozen=True)
