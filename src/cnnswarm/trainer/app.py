@@ -22,6 +22,7 @@ from flask import Flask, Response, jsonify, request
 from cnnswarm.config import Settings, load_settings
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import json_body, register_error_handlers, require_token
+from cnnswarm.lifecycle import on_stop
 from cnnswarm.protocol import Dispatch, parse
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
 from cnnswarm.trainer.controller_api import ControllerClient
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
 
     if start_background:
         service.start()
+        on_stop(app, service.stop)
     return app
 
 
