@@ -32,11 +32,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports  # the layers: contracts in pyproject.toml [tool.importlinter]
 
-## Debian's chromium for the browser tests; installed when missing and we may (root), else they skip.
+## Debian's chromium and chromium-driver for the browser tests (API docs, dashboard); installed
+## when missing and we may (root), else those tests skip (under CI=true they fail instead).
 browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		|| echo "chromium is missing and cannot be installed here: the browser tests will skip"
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "chromium or chromium-driver is missing and cannot be installed here: the browser tests will skip"
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

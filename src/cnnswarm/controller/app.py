@@ -24,6 +24,7 @@ from cnnswarm.controller import (
     model_files_api,
     models_api,
     seed_routes,
+    ui,
 )
 from cnnswarm.controller.context import ControllerContext, ctx
 from cnnswarm.controller.datasets import DatasetService
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         datasets_api.bp,
         internal.bp,
         api_docs.bp,
+        ui.bp,
     ):
         app.register_blueprint(blueprint)
 

@@ -13,7 +13,8 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.jobs_api import submit_job
@@ -63,7 +64,11 @@ def seed_tags(classes: list[str]) -> list[str]:
 
 
 @bp.get("/")
-def index() -> Response:
+def index() -> WerkzeugResponse:
+    """The seed's answer; a browser (which names text/html in Accept: curl and API clients
+    send */*) is sent to the dashboard instead."""
+    if any(mimetype == "text/html" for mimetype, _ in request.accept_mimetypes):
+        return redirect(url_for("ui.jobs_page"))
     return Response("<p>cnn-swarm controller is running.</p>", mimetype="text/html")
 
 
