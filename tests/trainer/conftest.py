@@ -66,6 +66,8 @@ class FakeController:
     # Dataset ids whose download answers 503 (the controller "is restarting").
     unavailable_datasets: set[str] = field(default_factory=set)
     drop: list[dict[str, Any]] = field(default_factory=list)
+    # When set, heartbeats get this answer instead (a controller speaking another protocol).
+    heartbeat_answer: dict[str, Any] | None = None
     # While True every route answers 503 (the controller is restarting).
     maintenance: bool = False
     maintenance_answers: int = 0
@@ -108,6 +110,8 @@ def _build_app(state: FakeController) -> Flask:
         with state.lock:
             state.heartbeats.append(body)
             drop, state.drop = state.drop, []
+        if state.heartbeat_answer is not None:
+            return jsonify(state.heartbeat_answer)
         return jsonify({"drop": drop, "lease_timeout_s": 10.0, "heartbeat_interval_s": 1.0})
 
     @app.get("/internal/v1/datasets/<dataset_id>/arrays")

@@ -11,7 +11,7 @@ import pytest
 
 from cnnswarm.errors import NotFound, StaleAttempt
 from cnnswarm.ml.datasets.base import ArrayDataset
-from cnnswarm.protocol import Heartbeat
+from cnnswarm.protocol import MAX_ERROR_CHARS, Heartbeat
 from cnnswarm.trainer.controller_api import (
     ControllerClient,
     ControllerUnavailable,
@@ -117,3 +117,28 @@ def test_several_controllers_fail_over(
     client = ControllerClient(f"{dead_controller_url},{fake_controller.url}")
     path = client.fetch_dataset("tiny", tmp_path / "cache", policy=FAST)
     assert ArrayDataset.load_npz(path).info() == tiny.info()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"drop": [{"job_id": "j1"}], "lease_timeout_s": 10.0, "heartbeat_interval_s": 1.0},
+        {"drop": [], "lease_timeout_s": 0, "heartbeat_interval_s": 1.0},
+        {"drop": [], "lease_timeout_s": 10.0, "heartbeat_interval_s": 1.0, "more": 1},
+    ],
+)
+def test_a_heartbeat_answer_that_does_not_fit_is_a_failed_heartbeat(
+    fake_controller: Any, answer: dict[str, Any]
+):
+    fake_controller.heartbeat_answer = answer
+    client = ControllerClient(fake_controller.url)
+    with pytest.raises(ControllerUnavailable, match="does not fit"):
+        client.heartbeat(Heartbeat(trainer_id="t1", url="http://t1", slots=1))
+
+
+def test_a_failure_report_is_sent_as_the_protocol_declares(fake_controller: Any):
+    client = ControllerClient(fake_controller.url)
+    client.post_failure("j1", 2, "x" * (MAX_ERROR_CHARS + 1), True, policy=FAST)
+    [failure] = fake_controller.failures
+    cut = "x" * MAX_ERROR_CHARS
+    assert failure == {"job_id": "j1", "attempt": 2, "error": cut, "retryable": True}
