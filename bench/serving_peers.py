@@ -22,6 +22,8 @@ workers, and PSS, which counts pages shared after the fork once). Last line:
 
     ratio=<cnn-swarm req/s / best peer req/s at c=32>
 
+where req/s counts 2xx answers only (wrk's own Requests/sec counts a quick 503 as throughput).
+
 Run: ``.venv/bin/python bench/serving_peers.py`` (about 12 minutes: 3 servers x 4
 concurrencies x 3 rounds x 6 s, plus set-up); quick: ``--rounds 1 --seconds 2``. Everything it
 starts runs in its own process group and is killed in ``finally``.
@@ -59,6 +61,7 @@ PEER_PACKAGES += ["litserve", "numpy", "pillow"]
 MODEL_ID = "bench-m0"
 CACHED_MODELS = 10
 TOP_K = 3
+PEERS = ("TorchServe", "LitServe")
 
 
 # -- tools and the peers' venv --------------------------------------------------------------------
@@ -101,25 +104,30 @@ class BenchModel:
     std: tuple[float, ...]
 
 
-def train_model(epochs: int) -> BenchModel:
-    """ResNet8 trained in this process on digits_rgb32 (the tests' quick options)."""
+def bench_model(epochs: int, model_file: Path | None) -> BenchModel:
+    """ResNet8 trained in this process on digits_rgb32 (the tests' quick options), or the
+    given cnn-swarm model file (a 3x32x32 model); the request image is a digits_rgb32 one."""
     sys.path.insert(0, str(TESTS))
     from PIL import Image
 
-    from cnnswarm.ml.artifact import artifact_to_bytes
+    from cnnswarm.ml.artifact import artifact_from_bytes, artifact_to_bytes
     from cnnswarm.ml.train import train
     from cnnswarm.ml.train_options import TrainOptions
     from real_images import QUICK_OPTS, digits_rgb32
 
-    dataset = digits_rgb32()
-    opts = TrainOptions.from_dict({**QUICK_OPTS, "num_epochs": epochs}, model_type="ResNet8")
-    result = train("ResNet8", dataset, opts)
-    accuracy = result.metrics[-1].get("test_accuracy") if result.metrics else None
-    print(f"trained ResNet8 on digits_rgb32, {epochs} epoch(s): test_accuracy {accuracy}")
+    dataset = digits_rgb32(test=1)
+    if model_file is None:
+        opts = TrainOptions.from_dict({**QUICK_OPTS, "num_epochs": epochs}, model_type="ResNet8")
+        result = train("ResNet8", digits_rgb32(), opts)
+        accuracy = result.metrics[-1].get("test_accuracy") if result.metrics else None
+        print(f"trained ResNet8 on digits_rgb32, {epochs} epoch(s): test_accuracy {accuracy}")
+        data = artifact_to_bytes(result.artifact)
+    else:
+        data = model_file.read_bytes()
+    prep = artifact_from_bytes(data).preprocessing
     png = io.BytesIO()
     Image.fromarray(dataset.x_test[0].transpose(1, 2, 0)).save(png, format="PNG")
-    norm = dataset.normalization
-    return BenchModel(artifact_to_bytes(result.artifact), png.getvalue(), norm.mean, norm.std)
+    return BenchModel(data, png.getvalue(), tuple(prep["mean"]), tuple(prep["std"]))
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -197,8 +205,10 @@ def start_cnn_swarm(procs: Processes, work: Path) -> str:
 
 
 def import_models(url: str, model: BenchModel, count: int) -> None:
-    """The model imported ``count`` times (ids bench-m0 ...), as a user would upload it."""
+    """The model imported ``count`` times (ids bench-m0 ...), as a user would upload it; an
+    earlier run's model of the same id is deleted first."""
     for index in range(count):
+        requests.delete(f"{url}/api/v1/models/bench-m{index}", timeout=30)
         files = {"file": ("model.pth", model.model_file)}
         answer = requests.post(
             f"{url}/api/v1/models", files=files, data={"id": f"bench-m{index}"}, timeout=120
@@ -351,7 +361,8 @@ def top_class(url: str, body: bytes) -> int:
 
 @dataclass(frozen=True)
 class Point:
-    """One wrk run: throughput, latency percentiles and failures."""
+    """One wrk run: answers per second (2xx only: a fast 503 is no throughput), latency
+    percentiles over all answers, and failures."""
 
     rps: float
     p50_ms: float
@@ -373,14 +384,19 @@ def run_wrk(url: str, concurrency: int, seconds: float, script: Path) -> Point:
     out = subprocess.run(
         [*command, "--latency", "-s", str(script), url], capture_output=True, text=True
     ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = int(non_2xx.group(1)) if non_2xx else 0
+    rps = 0.0
+    if done:
+        unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+        rps = (int(done.group(1)) - failed) / (float(done.group(2)) * unit)
     return Point(
-        rps=float(rps.group(1)) if rps else 0.0,
+        rps=rps,
         p50_ms=_ms(out, "50%"),
         p99_ms=_ms(out, "99%"),
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        non_2xx=failed,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
     )
 
@@ -455,7 +471,7 @@ def controller_memory(up_pid: int) -> str:
 
 
 def print_table(results: dict[tuple[str, int], Point], servers: list[str], conc: list[int]) -> None:
-    print("\n| server | c | req/s | p50 ms | p99 ms | non-2xx | socket errors |")
+    print("\n| server | c | 2xx req/s | p50 ms | p99 ms | non-2xx | socket errors |")
     print("|---|---|---|---|---|---|---|")
     for name in servers:
         for c in conc:
@@ -470,9 +486,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=6, help="wrk seconds per point (6)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections per point")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    parser.add_argument("--model-file", type=Path, help="serve this cnn-swarm model file")
     parser.add_argument("--peers-venv", type=Path, default=DEFAULT_PEERS_VENV)
     parser.add_argument("--raw-seconds", type=float, default=2.0, help="per raw-limit figure")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="another cnn-swarm controller already running (a candidate pipeline): the model is "
+        "imported into it and it is loaded side by side with the others",
+    )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
@@ -481,7 +506,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="serving-peers-"))
     procs = Processes(work)
     try:
-        model = train_model(args.epochs)
+        model = bench_model(args.epochs, args.model_file)
         url = start_cnn_swarm(procs, work)
         import_models(url, model, CACHED_MODELS)
         export = requests.get(f"{url}/api/v1/models/{MODEL_ID}/torchscript", timeout=120)
@@ -494,6 +519,9 @@ def main() -> int:
             "TorchServe": start_torchserve(procs, peers_python, work, common),
             "LitServe": start_litserve(procs, peers_python, work, common),
         }
+        for name, other_url in (item.split("=", 1) for item in args.also):
+            import_models(other_url, model, 1)
+            servers[name] = f"{other_url}/api/v1/models/{MODEL_ID}/predict?top_k={TOP_K}"
         body = json.dumps({"instances": [base64.b64encode(model.png).decode()]}).encode()
         (work / "body.json").write_bytes(body)
         script = work / "post.lua"
@@ -537,7 +565,10 @@ def main() -> int:
         print(f"  {label}: {rate:.0f} img/s")
     print(f"controller memory with {CACHED_MODELS} cached models: {memory}")
     c_ratio = 32 if 32 in concurrencies else concurrencies[-1]
-    best_peer = max(results[(name, c_ratio)].rps for name in servers if name != "cnn-swarm")
+    best_peer = max(results[(name, c_ratio)].rps for name in PEERS)
+    for name in args.also:  # candidates first, so the last line stays cnn-swarm's
+        name = name.split("=", 1)[0]
+        print(f"{name}: ratio={results[(name, c_ratio)].rps / best_peer:.3f}")
     print(f"ratio={results[('cnn-swarm', c_ratio)].rps / best_peer:.3f}")
     return 0
 

@@ -45,9 +45,11 @@ class InvalidInput(CnnSwarmError):
         cls, error: ValidationError, *, known: Iterable[str], what: str = "field"
     ) -> InvalidInput:
         """pydantic's first complaint as one InvalidInput whose ``field`` is the top-level key
-        at fault; unknown keys are listed together with the ``known`` ones."""
+        at fault; unknown top-level keys are listed together with the ``known`` ones."""
         problems = error.errors(include_url=False)
-        unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] in _UNKNOWN_KEY)
+        unknown = sorted(
+            str(p["loc"][0]) for p in problems if p["type"] in _UNKNOWN_KEY and len(p["loc"]) == 1
+        )
         if unknown:
             return cls(
                 f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
@@ -56,6 +58,9 @@ class InvalidInput(CnnSwarmError):
         problem = problems[0]
         location = problem["loc"]
         where = ".".join(str(part) for part in location) or "the body"
+        if problem["type"] in _UNKNOWN_KEY:  # inside an object: {"b64": ..., "typo": ...}
+            inside = ".".join(str(part) for part in location[:-1])
+            return cls(f"{inside} has an unknown key {location[-1]!r}", field=str(location[0]))
         if problem["type"] in _MISSING:
             return cls(f"{where} is required", field=str(location[0]) if location else None)
         message = _IN_JSON_TERMS.get(problem["type"], problem["msg"])

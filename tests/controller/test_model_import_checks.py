@@ -120,8 +120,9 @@ def test_unknown_form_fields_are_refused_by_name(
 
 def test_the_documented_form_is_the_declared_one(client: FlaskClient) -> None:
     post = client.get("/api/v1/openapi.json").json["paths"]["/api/v1/models"]["post"]
-    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert form["required"] == ["file", "id"] and form["additionalProperties"] is False
+    ref = post["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = client.get("/api/v1/openapi.json").json["components"]["schemas"][ref.split("/")[-1]]
+    assert set(form["required"]) == {"file", "id"} and form["additionalProperties"] is False
     assert set(form["properties"]) == {"file", "id", "classes", "dataset", "example_idxs"}
     assert form["properties"]["id"]["pattern"] == SAFE_ID.pattern
     assert all(form["properties"][name]["type"] == "string" for name in form["properties"])

@@ -110,7 +110,12 @@ def test_served_model_is_folded_and_agrees_with_the_artefact(
         ({"examples": [[[1.0]]]}, "examples"),
         ({"examples": "x"}, "examples"),
         ({"examples": np.zeros((1, 1, 8, 8)).tolist(), "top_k": 0}, "top_k"),
-        ({"nothing": 1}, "instances"),
+        ({}, "instances"),
+        ({"nothing": 1}, "nothing"),
+        ({"instances": [{"b64": "###"}]}, "instances"),
+        ({"instances": [{"b64": "AAAA", "name": "x"}]}, "instances"),
+        ({"examples": np.zeros((1, 1, 8, 8)).tolist(), "top_k": "3"}, "top_k"),
+        ({"examples": np.zeros((1, 1, 8, 8)).tolist(), "top_k": 2.0}, "top_k"),
     ],
 )
 def test_bad_predict_input_is_400(

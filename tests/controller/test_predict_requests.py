@@ -13,8 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cnnswarm.controller.models_api import MAX_ITEMS_PER_REQUEST
-from cnnswarm.controller.seed_routes import MAX_EXAMPLES
+from cnnswarm.controller.api_schemas import MAX_ITEMS_PER_REQUEST
+from cnnswarm.controller.api_schemas import MAX_SEED_EXAMPLES as MAX_EXAMPLES
 from support import digits_png
 
 

@@ -137,11 +137,10 @@ class DatasetService:
         return builtins + [dataset_to_json(r) for r in self.stores.catalog.list_datasets()]
 
     def add_upload(self, upload: Path, name: str | None) -> dict[str, Any]:
-        """Decode an uploaded archive into arrays and register it; returns its record."""
+        """Decode an uploaded archive into arrays and register it under ``name`` (checked by
+        ``api_schemas.DatasetUploadForm``; None: its id); returns its record."""
         dataset_id = "ds-" + uuid.uuid4().hex[:12]
         display = name or dataset_id
-        if not isinstance(display, str) or not 0 < len(display) <= 200:
-            raise InvalidInput("name must be 1-200 characters", field="name")
         # Entries are streamed and decoded in memory: nothing of the archive lands on disk.
         dataset = import_upload(
             upload, self.stores.artifacts.tmp, name=display, limits=UploadLimits()

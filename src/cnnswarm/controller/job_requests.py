@@ -16,10 +16,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     WithJsonSchema,
 )
 
+from cnnswarm.controller.api_schemas import validated
 from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
@@ -55,24 +55,29 @@ class JobRequest(BaseModel):
     train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
 
 
+class SeedTrainRequest(JobRequest):
+    """The body of the seed's ``POST /train``: ``model_type`` and ``model_id`` are required
+    and ``dataset`` (cnn-swarm's addition) defaults to the seed's CIFAR-10."""
+
+    dataset: Annotated[str, Field(min_length=1)] = "cifar10"
+    model_type: str
+    model_id: Annotated[str, Field(pattern=SAFE_ID.pattern)]
+
+
 def parse_job_request(
     body: Mapping[str, Any],
     datasets: DatasetService,
+    request_model: type[JobRequest] = JobRequest,
     *,
-    default_dataset: str | None = None,
     idempotency_key: str | None = None,
 ) -> JobSpec:
-    """Validate ``body`` into a ``JobSpec``; ``InvalidInput`` names the first bad field.
+    """Validate ``body`` (by ``request_model``) into a ``JobSpec``; ``InvalidInput`` names the
+    first bad field.
 
     Without ``model_id`` one is generated (derived from ``idempotency_key`` when given, so a
     retried request describes the same job).
     """
-    if default_dataset is not None and "dataset" not in body:
-        body = {**body, "dataset": default_dataset}
-    try:
-        job = JobRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput.from_validation_error(exc, known=JobRequest.model_fields) from None
+    job = validated(request_model, body)
     try:
         dataset_id = datasets.resolve_id(job.dataset)
     except NotFound as exc:

@@ -12,13 +12,20 @@ from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
+from cnnswarm.controller.api_schemas import (
+    ErrorBody,
+    JobList,
+    JobListQuery,
+    JobSubmitHeaders,
+    validated,
+)
+from cnnswarm.controller.api_schemas import Job as JobAnswer
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.job_requests import JobRequest, parse_job_request
-from cnnswarm.controller.openapi import ERROR, JOB, doc
-from cnnswarm.errors import InvalidInput
+from cnnswarm.controller.openapi import doc
 from cnnswarm.http import json_body, require_token
 from cnnswarm.store.artifacts import check_id
-from cnnswarm.store.jobs import Job, JobState, job_to_json
+from cnnswarm.store.jobs import Job, job_to_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
@@ -48,19 +55,25 @@ def describe_jobs(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     return bodies
 
 
-def submit_job(body: dict[str, Any], *, default_dataset: str | None = None) -> tuple[Job, bool]:
-    """Validate and store a job request (shared by /api/v1/jobs and the seed's /train)."""
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= 200:
-        raise InvalidInput("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
+def submit_job(
+    body: dict[str, Any], *, request_model: type[JobRequest] = JobRequest
+) -> tuple[Job, bool]:
+    """Validate and store a job request (shared by /api/v1/jobs and, with its own
+    ``request_model``, the seed's /train)."""
+    key = _idempotency_key()
     context = ctx()
-    spec = parse_job_request(
-        body, context.datasets, default_dataset=default_dataset, idempotency_key=key
-    )
+    spec = parse_job_request(body, context.datasets, request_model, idempotency_key=key)
     job, created = context.stores.jobs.submit(spec, idempotency_key=key)
     if created:
         context.scheduler.wake()
     return job, created
+
+
+def _idempotency_key() -> str | None:
+    headers = {
+        name: request.headers[name] for name in ("Idempotency-Key",) if name in request.headers
+    }
+    return validated(JobSubmitHeaders, headers, what="header").idempotency_key
 
 
 @bp.post("/jobs")
@@ -68,8 +81,8 @@ def submit_job(body: dict[str, Any], *, default_dataset: str | None = None) -> t
 @doc(
     "Submit a training job",
     body=JobRequest,
-    responses={202: JOB, 200: JOB, 409: ERROR, 422: ERROR},
-    headers={"Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 200}},
+    responses={202: JobAnswer, 200: JobAnswer, 409: ErrorBody, 422: ErrorBody},
+    headers=JobSubmitHeaders,
 )
 def create_job() -> tuple[Response, int]:
     job, created = submit_job(json_body())
@@ -81,31 +94,17 @@ def create_job() -> tuple[Response, int]:
 @bp.get("/jobs")
 @doc(
     "List the most recent jobs (default 1000) in submission order, optionally of one state",
-    responses={200: {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}},
-    query={
-        "state": {"type": "string", "enum": [s.value for s in JobState]},
-        "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
-    },
+    responses={200: JobList},
+    query=JobListQuery,
 )
 def list_jobs() -> dict[str, Any]:
-    raw_state = request.args.get("state")
-    state = None
-    if raw_state is not None:
-        try:
-            state = JobState(raw_state)
-        except ValueError:
-            raise InvalidInput(
-                f"state must be one of {', '.join(s.value for s in JobState)}", field="state"
-            ) from None
-    raw_limit = request.args.get("limit", "1000")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
-        raise InvalidInput("limit must be an integer 1..10000", field="limit")
-    jobs = ctx().stores.jobs.list_jobs(state, limit=int(raw_limit))
+    query = validated(JobListQuery, request.args.to_dict(), what="query parameter")
+    jobs = ctx().stores.jobs.list_jobs(query.state, limit=query.limit)
     return {"jobs": describe_jobs(jobs)}
 
 
 @bp.get("/jobs/<job_id>")
-@doc("One job", responses={200: JOB})
+@doc("One job", responses={200: JobAnswer})
 def get_job(job_id: str) -> dict[str, Any]:
     check_id(job_id, "job_id")
     return describe_job(ctx().stores.jobs.get(job_id))
@@ -113,7 +112,7 @@ def get_job(job_id: str) -> dict[str, Any]:
 
 @bp.post("/jobs/<job_id>/cancel")
 @token_required
-@doc("Cancel a queued or running job", responses={200: JOB, 409: ERROR})
+@doc("Cancel a queued or running job", responses={200: JobAnswer, 409: ErrorBody})
 def cancel_job(job_id: str) -> dict[str, Any]:
     check_id(job_id, "job_id")
     context = ctx()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, request, send_file
+from pydantic import Field
 
+from cnnswarm.controller.api_schemas import ErrorBody, ImportedModel
 from cnnswarm.controller.context import ctx
 from cnnswarm.controller.model_import import ImportRequest, import_model
-from cnnswarm.controller.openapi import ERROR, MODEL, doc
+from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.predictor import servable_model
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.http import require_token, uploaded_file
@@ -21,36 +23,13 @@ from cnnswarm.store.catalog import model_to_json
 bp = Blueprint("model_files", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
 
-_IMPORT_FORM = ImportRequest.model_json_schema(by_alias=True)
-IMPORT_BODY = {
-    **_IMPORT_FORM,
-    "title": "ModelImport",
-    "description": "a model file and, for a seed file, what it was trained on",
-    "required": ["file", *_IMPORT_FORM["required"]],
-    "properties": {
-        "file": {
-            "type": "string",
-            "format": "binary",
-            "description": "a seed state dict (.pth) or a cnn-swarm model file",
-        },
-        **_IMPORT_FORM["properties"],
-    },
-}
 
-IMPORTED_MODEL = {
-    **MODEL,
-    "properties": {
-        **MODEL["properties"],  # type: ignore[dict-item]
-        "recalibration": {
-            "type": ["object", "null"],
-            "properties": {
-                "dataset": {"type": "string"},
-                "example_idxs": {"type": ["array", "null"], "items": {"type": "integer"}},
-                "images": {"type": "integer"},
-            },
-        },
-    },
-}
+# The form fields are ImportRequest's (checked by ImportRequest.from_form); the file is checked
+# by uploaded_file and import_model.
+class ModelImport(ImportRequest):
+    """A model file and, for a seed file, what it was trained on."""
+
+    file: Annotated[bytes, Field(description="a seed state dict (.pth) or a cnn-swarm model file")]
 
 
 @bp.post("/models")
@@ -58,9 +37,9 @@ IMPORTED_MODEL = {
 @doc(
     "Import a model file (a seed .pth state dict or a cnn-swarm model file); batch norms are "
     "recalibrated on the named dataset when the file has no per-call-site statistics",
-    body=IMPORT_BODY,
+    body=ModelImport,
     body_type="multipart/form-data",
-    responses={201: IMPORTED_MODEL, 409: ERROR, 413: ERROR},
+    responses={201: ImportedModel, 409: ErrorBody, 413: ErrorBody},
 )
 def import_model_file() -> tuple[dict[str, Any], int]:
     context = ctx()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import torch
 from flask import Blueprint, request
 
+from cnnswarm.controller.api_schemas import (
+    MAX_ITEMS_PER_REQUEST,
+    Alias,
+    AliasRequest,
+    ErrorBody,
+    Model,
+    ModelList,
+    PredictAnswer,
+    PredictQuery,
+    PredictRequest,
+    validated,
+)
 from cnnswarm.controller.context import ctx
-from cnnswarm.controller.openapi import ERROR, MODEL, PREDICT_REQUEST, PREDICTIONS, doc
+from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.predictor import LoadedModel, examples_to_tensor
 from cnnswarm.errors import InvalidInput
 from cnnswarm.http import json_body, require_token
@@ -21,17 +31,11 @@ from cnnswarm.store.catalog import model_to_json
 bp = Blueprint("models", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
 
-MAX_ITEMS_PER_REQUEST = 256
 IMAGE_FIELDS = ("files", "file", "images", "image")
 
 
 @bp.get("/models")
-@doc(
-    "List models",
-    responses={
-        200: {"type": "object", "properties": {"models": {"type": "array", "items": MODEL}}}
-    },
-)
+@doc("List models", responses={200: ModelList})
 def list_models() -> dict[str, Any]:
     catalog = ctx().stores.catalog
     aliases = catalog.aliases_of()
@@ -39,7 +43,7 @@ def list_models() -> dict[str, Any]:
 
 
 @bp.get("/models/<model_id>")
-@doc("One model (by id or alias)", responses={200: MODEL})
+@doc("One model (by id or alias)", responses={200: Model})
 def get_model(model_id: str) -> dict[str, Any]:
     catalog = ctx().stores.catalog
     row = catalog.get_model(check_id(model_id, "model_id"))
@@ -48,7 +52,7 @@ def get_model(model_id: str) -> dict[str, Any]:
 
 @bp.delete("/models/<model_id>")
 @token_required
-@doc("Delete a model (by id or alias) and its aliases", responses={200: MODEL})
+@doc("Delete a model (by id or alias) and its aliases", responses={200: Model})
 def delete_model(model_id: str) -> dict[str, Any]:
     context = ctx()
     row = context.stores.catalog.delete_model(check_id(model_id, "model_id"))
@@ -61,47 +65,14 @@ def delete_model(model_id: str) -> dict[str, Any]:
 @token_required
 @doc(
     "Point an alias at a model",
-    body={
-        "type": "object",
-        "required": ["model_id"],
-        "properties": {"model_id": {"type": "string"}},
-    },
-    responses={200: {"type": "object"}, 409: ERROR},
+    body=AliasRequest,
+    responses={200: Alias, 409: ErrorBody},
 )
 def put_alias(alias: str) -> dict[str, Any]:
     check_id(alias, "alias")
-    model_id = json_body().get("model_id")
-    check_id(model_id, "model_id")
-    ctx().stores.catalog.set_alias(alias, str(model_id))
+    model_id = validated(AliasRequest, json_body()).model_id
+    ctx().stores.catalog.set_alias(alias, model_id)
     return {"alias": alias, "model_id": ctx().stores.catalog.resolve(alias)}
-
-
-def _top_k(raw: Any) -> int:
-    if raw is None:
-        return 1
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidInput("top_k must be a positive integer", field="top_k") from None
-    if isinstance(raw, bool) or value < 1 or value > 10_000:
-        raise InvalidInput("top_k must be an integer 1..10000", field="top_k")
-    return value
-
-
-def _decode_instances(instances: Any) -> list[bytes]:
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput("instances must be a non-empty list of base64 images", field="instances")
-    images = []
-    for i, item in enumerate(instances):
-        if isinstance(item, dict):
-            item = item.get("b64")
-        if not isinstance(item, str):
-            raise InvalidInput(f"instances[{i}] must be a base64 string", field="instances")
-        try:
-            images.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError):
-            raise InvalidInput(f"instances[{i}] is not valid base64", field="instances") from None
-    return images
 
 
 def request_inputs(loaded: LoadedModel) -> tuple[torch.Tensor, int]:
@@ -114,21 +85,18 @@ def request_inputs(loaded: LoadedModel) -> tuple[torch.Tensor, int]:
             raise InvalidInput("send images as multipart field 'files'", field="files")
         if len(uploads) > MAX_ITEMS_PER_REQUEST:
             raise InvalidInput(f"at most {MAX_ITEMS_PER_REQUEST} images per request", field="files")
+        raw_top_k = request.args.get("top_k") or request.form.get("top_k")
+        query = validated(PredictQuery, {} if raw_top_k is None else {"top_k": raw_top_k})
         names = [f.filename or f"file {i}" for i, f in enumerate(uploads)]
         inputs = images_to_tensor([f.read() for f in uploads], prep, names=names)
-        return inputs, _top_k(request.args.get("top_k") or request.form.get("top_k"))
-    body = json_body()
-    top_k = _top_k(body.get("top_k", request.args.get("top_k")))
-    if "instances" in body:
-        images = _decode_instances(body["instances"])
-        if len(images) > MAX_ITEMS_PER_REQUEST:
-            raise InvalidInput(
-                f"at most {MAX_ITEMS_PER_REQUEST} images per request", field="instances"
-            )
-        names = [f"instances[{i}]" for i in range(len(images))]
-        return images_to_tensor(images, prep, names=names), top_k
-    if "examples" in body:
-        return examples_to_tensor(body["examples"], prep, MAX_ITEMS_PER_REQUEST), top_k
+        return inputs, query.top_k or 1
+    body = validated(PredictRequest, json_body())
+    top_k = body.top_k or validated(PredictQuery, request.args.to_dict()).top_k or 1
+    if body.instances is not None:
+        names = [f"instances[{i}]" for i in range(len(body.instances))]
+        return images_to_tensor(body.images(), prep, names=names), top_k
+    if body.examples is not None:
+        return examples_to_tensor(body.examples, prep, MAX_ITEMS_PER_REQUEST), top_k
     raise InvalidInput(
         "send images as multipart 'files', or JSON {'instances': [base64 PNG/JPEG]} or "
         "{'examples': nested normalized arrays}",
@@ -147,9 +115,9 @@ def load_model(id_or_alias: str) -> LoadedModel:
 @bp.post("/models/<model_id>/predict")
 @doc(
     "Classify images (multipart 'files', JSON base64 'instances' or normalized 'examples')",
-    body=PREDICT_REQUEST,
-    responses={200: PREDICTIONS, 503: ERROR},
-    query={"top_k": {"type": "integer", "minimum": 1}},
+    body=PredictRequest,
+    responses={200: PredictAnswer, 503: ErrorBody},
+    query=PredictQuery,
 )
 def predict(model_id: str) -> dict[str, Any]:
     loaded = load_model(model_id)

@@ -1,165 +1,133 @@
-"""The OpenAPI document of /api/v1, generated from the routes themselves.
+"""The OpenAPI document of /api/v1, generated from the routes and the models that validate them.
 
 Each v1 view carries its own description through ``@doc(...)``; ``build_openapi(app)`` walks
-Flask's URL map, so a route that exists is documented and a documented route exists. A request
-body declared as a pydantic model is documented by its ``model_json_schema()``: the schema and
-the validation are one declaration.
+Flask's URL map, so a route that exists is documented and a documented route exists. Every
+schema in the document is a pydantic model's ``model_json_schema()`` (``api_schemas``,
+``job_requests.JobRequest``, ``model_import.ImportRequest``): a body or an answer is a
+``$ref`` to its model under ``components/schemas``, where the models it refers to (``$defs``)
+go too; a query string's or a header model's fields become parameters. Nothing is written by
+hand, so the document says what the code checks.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 from flask import Flask
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter
 
-from cnnswarm.store.job_records import JobState
+from cnnswarm.controller.api_schemas import ErrorBody, SafeId
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# A request body: a pydantic model (its model_json_schema) or, not yet migrated, a schema dict.
-Body = type[BaseModel] | dict[str, Any]
-
-ERROR = {
-    "type": "object",
-    "required": ["exception", "error"],
-    "properties": {
-        "exception": {"type": "string"},
-        "error": {"type": "string"},
-        "field": {"type": "string"},
-    },
-}
-
-METRICS = {"type": "array", "items": {"type": "object"}}
-
-JOB = {
-    "type": "object",
-    "required": ["id", "state", "progress", "attempt", "model_id", "metrics"],
-    "properties": {
-        "id": {"type": "string"},
-        "model_id": {"type": "string"},
-        "dataset": {"type": "string"},
-        "model_type": {"type": "string"},
-        "state": {"type": "string", "enum": [state.value for state in JobState]},
-        "progress": {"type": "number", "minimum": 0, "maximum": 1},
-        "epoch": {"type": "integer"},
-        "metrics": METRICS,
-        "trainer": {"type": ["string", "null"]},
-        "attempt": {"type": "integer"},
-        "error": {"type": ["string", "null"]},
-        "queue_position": {"type": ["integer", "null"]},
-        "waiting_reason": {"type": ["string", "null"]},
-        "created_at": {"type": "number"},
-        "started_at": {"type": ["number", "null"]},
-        "finished_at": {"type": ["number", "null"]},
-    },
-}
-
-MODEL = {
-    "type": "object",
-    "required": ["id", "model_type", "classes"],
-    "properties": {
-        "id": {"type": "string"},
-        "model_type": {"type": "string"},
-        "dataset": {"type": "string"},
-        "classes": {"type": "array", "items": {"type": "string"}},
-        "metrics": METRICS,
-        "train_opts": {"type": "object"},
-        "created": {"type": "number"},
-        "aliases": {"type": "array", "items": {"type": "string"}},
-    },
-}
-
-DATASET = {
-    "type": "object",
-    "required": ["id", "name"],
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "builtin": {"type": "boolean"},
-        "classes": {"type": "array", "items": {"type": "string"}},
-        "num_train": {"type": "integer"},
-        "num_test": {"type": "integer"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-    },
-}
-
-CLASS_SCORE = {
-    "type": "object",
-    "required": ["class_idx", "class_tag", "probability"],
-    "properties": {
-        "class_idx": {"type": "integer"},
-        "class_tag": {"type": "string"},
-        "probability": {"type": "number"},
-    },
-}
-
-PREDICTIONS = {
-    "type": "object",
-    "required": ["predictions"],
-    "properties": {
-        "predictions": {
-            "type": "array",
-            "items": {
-                **CLASS_SCORE,
-                "properties": {
-                    **CLASS_SCORE["properties"],  # type: ignore[dict-item]
-                    "top_k": {"type": "array", "items": CLASS_SCORE},
-                },
-            },
-        }
-    },
-}
-
-PREDICT_REQUEST = {
-    "type": "object",
-    "properties": {
-        "instances": {"type": "array", "items": {"type": "string"}},
-        "examples": {"type": "array"},
-        "top_k": {"type": "integer", "minimum": 1},
-    },
-}
-
-TRAINER = {
-    "type": "object",
-    "required": ["id", "url", "state", "slots"],
-    "properties": {
-        "id": {"type": "string"},
-        "url": {"type": "string"},
-        "state": {"type": "string"},
-        "slots": {"type": "integer"},
-        "running_jobs": {"type": "array", "items": {"type": "string"}},
-        "last_heartbeat": {"type": "number"},
-    },
+REF_TEMPLATE = "#/components/schemas/{model}"
+# Statuses every operation may answer with an ErrorBody (a bad request, an unknown id).
+ERROR_STATUSES = (400, 404)
+# Path arguments: an id (of a job, model, alias or dataset) unless the rule converts them.
+PATH_CONVERTERS: dict[str | None, Any] = {
+    None: SafeId,
+    "string": SafeId,
+    "int": Annotated[int, Field(ge=0)],
 }
 
 
 def doc(
     summary: str,
     *,
-    body: Body | None = None,
+    body: type[BaseModel] | None = None,
     body_type: str = "application/json",
-    responses: dict[int, dict[str, Any] | None] | None = None,
-    query: dict[str, dict[str, Any]] | None = None,
-    headers: dict[str, dict[str, Any]] | None = None,
+    responses: Mapping[int, type[BaseModel] | None] | None = None,
+    query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
 ) -> Callable[[F], F]:
-    """Attach an OpenAPI description to a view: request body schema, response schemas by
-    status (None = no body), query parameters and headers."""
+    """Attach an OpenAPI description to a view: the request body's model, the answer's model
+    by status (None = no JSON body) and the models of its query string and headers."""
 
     def decorate(view: F) -> F:
         view._openapi = {  # type: ignore[attr-defined]
             "summary": summary,
             "body": body,
             "body_type": body_type,
-            "responses": responses or {200: None},
-            "query": query or {},
-            "headers": headers or {},
+            "responses": dict(responses or {200: None}),
+            "query": query,
+            "headers": headers,
         }
         return view
 
     return decorate
+
+
+def model_schemas(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """``model``'s schema and those it refers to, by component name, with refs pointing into
+    ``components/schemas``."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    referred: dict[str, dict[str, Any]] = schema.pop("$defs", {})
+    return {**referred, model.__name__: schema}
+
+
+class _Components:
+    """The document's ``components/schemas``, filled as operations refer to models."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, dict[str, Any]] = {}
+
+    def ref(self, model: type[BaseModel]) -> dict[str, Any]:
+        """A reference to ``model``'s schema, registered with those it refers to."""
+        self._register(model_schemas(model))
+        return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+    def fields(self, model: type[BaseModel]) -> dict[str, Any]:
+        """``model``'s own schema, unregistered (its fields become parameters); the schemas
+        it refers to are registered."""
+        schemas = model_schemas(model)
+        schema = schemas.pop(model.__name__)
+        self._register(schemas)
+        return schema
+
+    def _register(self, schemas: dict[str, dict[str, Any]]) -> None:
+        for name, schema in schemas.items():
+            if self.schemas.setdefault(name, schema) != schema:
+                raise ValueError(f"two different schemas are named {name!r}")
+
+
+def _absent_not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's ``X | None`` as ``X``: an optional parameter is absent, never null."""
+    options = schema.get("anyOf", [])
+    rest = [option for option in options if option != {"type": "null"}]
+    if len(rest) != 1 or len(rest) == len(options):
+        return schema
+    simplified = {k: v for k, v in schema.items() if k != "anyOf"}
+    if simplified.get("default", 0) is None:
+        del simplified["default"]
+    return {**rest[0], **simplified}
+
+
+def _parameters(
+    model: type[BaseModel] | None, where: str, components: _Components
+) -> list[dict[str, Any]]:
+    if model is None:
+        return []
+    schema = components.fields(model)
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": where,
+            "required": name in required,
+            "schema": _absent_not_null(field_schema),
+        }
+        for name, field_schema in schema["properties"].items()
+    ]
+
+
+_PATH_ARGUMENT = re.compile(r"<(?:([^:<>]+):)?([^<>]+)>")
+
+
+def _path_arguments(rule: str) -> list[tuple[str | None, str]]:
+    """``(converter or None, name)`` of each argument in a Flask rule."""
+    return [(match[1], match[2]) for match in _PATH_ARGUMENT.finditer(rule)]
 
 
 def _response(schema: dict[str, Any] | None, description: str) -> dict[str, Any]:
@@ -168,19 +136,11 @@ def _response(schema: dict[str, Any] | None, description: str) -> dict[str, Any]
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body_schema(body: Body, components: dict[str, Any]) -> dict[str, Any]:
-    """``body``'s JSON schema; the models it refers to go to ``components``."""
-    if isinstance(body, dict):
-        return body
-    schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(schema.pop("$defs", {}))
-    return schema
-
-
 def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
     """The OpenAPI 3.1 document for every documented route under ``prefix``."""
     paths: dict[str, dict[str, Any]] = {}
-    components: dict[str, Any] = {}
+    components = _Components()
+    path_schemas = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_CONVERTERS.items()}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not rule.rule.startswith(prefix):
             continue
@@ -188,26 +148,24 @@ def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
         spec: dict[str, Any] | None = getattr(view, "_openapi", None)
         if spec is None:
             continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        path = _PATH_ARGUMENT.sub(r"{\2}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             parameters: list[dict[str, Any]] = [
-                {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
-                for arg in sorted(rule.arguments)
+                {"name": arg, "in": "path", "required": True, "schema": path_schemas[converter]}
+                for converter, arg in sorted(_path_arguments(rule.rule), key=lambda c: c[1])
             ]
-            parameters += [
-                {"name": name, "in": "query", "required": False, "schema": schema}
-                for name, schema in spec["query"].items()
-            ]
-            parameters += [
-                {"name": name, "in": "header", "required": False, "schema": schema}
-                for name, schema in spec["headers"].items()
-            ]
+            parameters += _parameters(spec["query"], "query", components)
+            parameters += _parameters(spec["headers"], "header", components)
+            answers: dict[int, type[BaseModel] | None] = dict(spec["responses"])
+            for status in ERROR_STATUSES:
+                answers.setdefault(status, ErrorBody)
             responses = {
-                str(status): _response(schema, "success" if status < 400 else "error")
-                for status, schema in spec["responses"].items()
+                str(status): _response(
+                    None if model is None else components.ref(model),
+                    "success" if status < 400 else "error",
+                )
+                for status, model in answers.items()
             }
-            for status in (400, 404):
-                responses.setdefault(str(status), _response(ERROR, "error"))
             operation: dict[str, Any] = {
                 "summary": spec["summary"],
                 "operationId": f"{method.lower()}_{rule.endpoint.replace('.', '_')}",
@@ -217,16 +175,12 @@ def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
             if spec["body"] is not None:
                 operation["requestBody"] = {
                     "required": True,
-                    "content": {
-                        spec["body_type"]: {"schema": _body_schema(spec["body"], components)}
-                    },
+                    "content": {spec["body_type"]: {"schema": components.ref(spec["body"])}},
                 }
             paths.setdefault(path, {})[method.lower()] = operation
-    document: dict[str, Any] = {
+    return {
         "openapi": "3.1.0",
         "info": {"title": "cnn-swarm controller API", "version": "1"},
         "paths": paths,
+        "components": {"schemas": dict(sorted(components.schemas.items()))},
     }
-    if components:
-        document["components"] = {"schemas": components}
-    return document

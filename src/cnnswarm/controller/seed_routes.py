@@ -16,11 +16,19 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from cnnswarm.controller.api_schemas import (
+    MAX_SEED_EXAMPLES,
+    SeedDatasetInfoRequest,
+    SeedExamplesRequest,
+    SeedPredictRequest,
+    validated,
+)
 from cnnswarm.controller.context import ctx
+from cnnswarm.controller.job_requests import SeedTrainRequest
 from cnnswarm.controller.jobs_api import submit_job
 from cnnswarm.controller.models_api import load_model
 from cnnswarm.controller.predictor import examples_to_tensor
-from cnnswarm.errors import CnnSwarmError, InvalidInput
+from cnnswarm.errors import CnnSwarmError
 from cnnswarm.http import json_body, require_token
 from cnnswarm.ml.datasets import SEED_CIFAR10_TAGS, normalize
 from cnnswarm.ml.datasets.cifar10 import CIFAR10_CLASSES
@@ -31,9 +39,7 @@ bp = Blueprint("seed", __name__)
 token_required = require_token(lambda: ctx().settings.api_token)
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_EXAMPLES = 1000
 STATUS_RECENT_JOBS = 1000
-SEED_TRAIN_KEYS = ("model_type", "model_id", "example_idxs", "train_opts", "dataset")
 
 
 def seed_errors(view: F) -> F:
@@ -127,25 +133,16 @@ def status() -> dict[str, Any]:
 @seed_errors
 def train() -> dict[str, Any]:
     """Queue a training job; without ``dataset`` it trains on CIFAR-10, as in the seed."""
-    body = json_body()
-    unknown = sorted(set(body) - set(SEED_TRAIN_KEYS))
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}", field=unknown[0])
-    for key in ("model_type", "model_id"):
-        if key not in body:
-            raise InvalidInput(f"{key} is required", field=key)
-    job, _ = submit_job(body, default_dataset="cifar10")
+    job, _ = submit_job(json_body(), request_model=SeedTrainRequest)
     return {"status": {"initiated": True}, "job_id": job.id, "model_id": job.model_id}
 
 
 @bp.post("/predict")
 @seed_errors
 def predict() -> dict[str, Any]:
-    body = json_body()
-    if "model_id" not in body:
-        raise InvalidInput("model_id is required", field="model_id")
-    loaded = load_model(body["model_id"])
-    inputs = examples_to_tensor(body.get("examples"), loaded.preprocessing, MAX_EXAMPLES)
+    body = validated(SeedPredictRequest, json_body())
+    loaded = load_model(body.model_id)
+    inputs = examples_to_tensor(body.examples, loaded.preprocessing, MAX_SEED_EXAMPLES)
     predictions = ctx().predictor.predict(loaded, inputs, top_k=1)
     tags = seed_tags(loaded.classes)
     idxs = [p["class_idx"] for p in predictions]
@@ -156,41 +153,17 @@ def predict() -> dict[str, Any]:
     }
 
 
-def _index_range(raw: Any, size: int) -> tuple[int, int]:
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        start, end = raw, raw + 1
-    elif (
-        isinstance(raw, list)
-        and len(raw) == 2
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in raw)
-    ):
-        start, end = raw
-    else:
-        raise InvalidInput("example_idxs must be an integer or [start, end]", field="example_idxs")
-    if not 0 <= start < end <= size:
-        raise InvalidInput(
-            f"example_idxs must satisfy 0 <= start < end <= {size}, got [{start}, {end}]",
-            field="example_idxs",
-        )
-    if end - start > MAX_EXAMPLES:
-        raise InvalidInput(f"at most {MAX_EXAMPLES} examples per request", field="example_idxs")
-    return start, end
-
-
 @bp.post("/get_examples")
 @seed_errors
 def get_examples() -> dict[str, Any]:
     """Normalized examples of a dataset split (CIFAR-10 by default), as the seed served them."""
     import torch
 
-    body = json_body()
-    split = body.get("dataset_type", "train")
-    if split not in ("train", "test"):
-        raise InvalidInput("dataset_type must be 'train' or 'test'", field="dataset_type")
-    dataset = ctx().datasets.load(body.get("dataset", "cifar10"))
-    x = dataset.x_train if split == "train" else dataset.x_test
-    y = dataset.y_train if split == "train" else dataset.y_test
-    start, end = _index_range(body.get("example_idxs"), len(x))
+    body = validated(SeedExamplesRequest, json_body())
+    dataset = ctx().datasets.load(body.dataset)
+    x = dataset.x_train if body.dataset_type == "train" else dataset.x_test
+    y = dataset.y_train if body.dataset_type == "train" else dataset.y_test
+    start, end = body.rows(len(x))
     examples = normalize(
         torch.from_numpy(np.ascontiguousarray(x[start:end])), dataset.normalization
     )
@@ -206,11 +179,8 @@ def get_examples() -> dict[str, Any]:
 @bp.post("/get_dataset_info")
 @seed_errors
 def get_dataset_info() -> dict[str, Any]:
-    body = json_body()
-    name = body.get("dataset_name", body.get("dataset", "cifar10"))
-    if not isinstance(name, str):
-        raise InvalidInput("dataset_name must be a string", field="dataset_name")
-    info = ctx().datasets.info(name)
+    body = validated(SeedDatasetInfoRequest, json_body())
+    info = ctx().datasets.info(body.dataset_name or body.dataset or "cifar10")
     return {
         "num_train": info["num_train"],
         "num_test": info["num_test"],
