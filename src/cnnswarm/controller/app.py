@@ -18,6 +18,7 @@ from sqlalchemy import text
 from cnnswarm.config import Settings, load_settings
 from cnnswarm.controller import (
     api_docs,
+    dataset_samples_api,
     datasets_api,
     internal,
     jobs_api,
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         models_api.bp,
         model_files_api.bp,
         datasets_api.bp,
+        dataset_samples_api.bp,
         internal.bp,
         api_docs.bp,
         ui.bp,

@@ -106,7 +106,7 @@
       ["Epoch", total ? epochsDone(job) + " / " + total : String(epochsDone(job))],
       ["Attempt", String(job.attempt)],
       ["Trainer", job.trainer ? el("span", { className: "mono" }, job.trainer) : null],
-      ["Queue position", queued && queueInfo.queue_position ? "#" + queueInfo.queue_position : null],
+      ["Place in queue", queued ? cnn.queuePlace(queueInfo.queue_position) : null],
       ["Waiting because", queued ? queueInfo.waiting_reason : null],
       ["Submitted", cnn.when(job.created_at)],
       ["Started", job.started_at ? cnn.when(job.started_at) : null],

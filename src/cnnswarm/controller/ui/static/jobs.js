@@ -18,7 +18,7 @@
 
   function queueCell(job) {
     if (job.state !== "queued") return "";
-    var position = job.queue_position ? "#" + job.queue_position : "";
+    var position = cnn.queuePlace(job.queue_position);
     return el("span", { className: "queue" },
       el("strong", {}, position),
       job.waiting_reason ? el("span", { className: "muted" }, " " + job.waiting_reason) : null);

@@ -99,6 +99,13 @@
     return new Date(Number(timestamp) * 1000).toLocaleString();
   }
 
+  // The API's queue_position counts the queued jobs dispatched before this one: 0 is next.
+  function queuePlace(jobsAhead) {
+    if (jobsAhead === undefined || jobsAhead === null) return "";
+    var n = Number(jobsAhead);
+    return n === 0 ? "next" : "#" + (n + 1) + " (" + n + " ahead)";
+  }
+
   function lastMetrics(metrics) {
     return Array.isArray(metrics) && metrics.length ? metrics[metrics.length - 1] : {};
   }
@@ -329,7 +336,7 @@
   window.cnn = {
     el: el, append: append, byId: byId, setText: setText, facts: facts, badge: badge,
     progressBar: progressBar, pct: pct, num: num, ago: ago, since: since, when: when,
-    lastMetrics: lastMetrics, links: links, link: link, seg: seg, api: api, upload: upload,
+    lastMetrics: lastMetrics, queuePlace: queuePlace, links: links, link: link, seg: seg, api: api, upload: upload,
     ApiError: ApiError, showFieldError: showFieldError, clearErrors: clearErrors, every: every,
     askToken: askToken,
   };
