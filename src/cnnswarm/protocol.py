@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeGuard, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -49,16 +49,21 @@ _SAFE_ID_RULE = (
 )
 
 
+def _is_safe_id(value: object) -> TypeGuard[str]:
+    # ".." is refused too: ids become file names under HOME_DIR.
+    return isinstance(value, str) and bool(SAFE_ID.fullmatch(value)) and ".." not in value
+
+
 def check_id(value: object, field: str) -> str:
     """``value`` if it is a safe id (letters, digits, ``_ . -``, 1-128 chars), else
     ``InvalidInput`` naming ``field``."""
-    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or ".." in value:
+    if not _is_safe_id(value):
         raise InvalidInput(f"{field} {_SAFE_ID_RULE}, got {value!r}", field=field)
     return value
 
 
 def _safe_id(value: str) -> str:
-    if not SAFE_ID.fullmatch(value) or ".." in value:
+    if not _is_safe_id(value):
         raise PydanticCustomError("safe_id", f"Input {_SAFE_ID_RULE}")
     return value
 
