@@ -1,5 +1,8 @@
 """/internal/v1: what trainers call (heartbeats, data, checkpoints, results).
 
+Every JSON body and ``?attempt=`` is read through its ``cnnswarm.protocol`` model, the same
+declaration the trainer builds it from; what does not fit is a 400 naming the field.
+
 Every write names the job's ``attempt``; the store rejects a stale one with 409
 ``StaleAttempt`` (fencing), so a trainer that lost its lease can never overwrite the
 checkpoint or publish the model of the attempt that replaced it.

@@ -1,4 +1,5 @@
-"""The trainer's side of the trainer ↔ controller protocol (docs/internals.md).
+"""The trainer's side of the trainer ↔ controller protocol (docs/internals.md); the messages
+are the models of ``cnnswarm.protocol``, which the controller reads them with.
 
 Every call carries ``Authorization: Bearer <token>`` when a token is configured, and every write
 for a job carries its ``attempt``. The controller may be restarting at any moment, so calls
