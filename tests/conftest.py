@@ -1,5 +1,6 @@
 """Fixtures shared by every tier: a private PostgreSQL server and the database URLs to test
-the stores against (SQLite file and PostgreSQL, the same code)."""
+the stores against (SQLite file and PostgreSQL, the same code). Also the per-tier time table
+printed at the end of every run (``TierTimes``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,59 @@ import torch
 from support import free_port
 
 torch.set_num_threads(1)
+
+
+def tier_of(nodeid: str) -> str:
+    """The tier of a test: its top-level directory under ``tests/`` (``unit`` for the files
+    directly in ``tests/``)."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    if parts[0] == "tests":
+        parts = parts[1:]
+    return parts[0] if len(parts) > 1 else "unit"
+
+
+class TierTimes:
+    """Seconds spent per tier (setup, call and teardown of its tests, fixtures included: on one
+    worker, the tier's wall time less collection) and its test count by outcome, printed as one
+    table at the end of the run (the README's Tests table quotes it)."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.outcomes: defaultdict[str, dict[str, str]] = defaultdict(dict)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        tier = tier_of(report.nodeid)
+        self.seconds[tier] += report.duration
+        outcomes = self.outcomes[tier]
+        # A test's outcome is its call's, unless setup or teardown failed or it was skipped.
+        settled = outcomes.get(report.nodeid) in ("failed", "error")
+        if settled or (report.when != "call" and report.passed):
+            return
+        failed = "failed" if report.when == "call" else "error"
+        outcomes[report.nodeid] = failed if report.failed else report.outcome
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.seconds:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.section("time per tier")
+        write(f"{'tier':<12} {'tests':>6} {'passed':>7} {'skipped':>8} {'failed':>7} {'s':>8}")
+        total_tests, total_s = 0, 0.0
+        for tier in sorted(self.seconds, key=lambda name: -self.seconds[name]):
+            results = list(self.outcomes[tier].values())
+            count = len(results)
+            failed = sum(result in ("failed", "error") for result in results)
+            write(
+                f"{tier:<12} {count:>6} {results.count('passed'):>7} "
+                f"{results.count('skipped'):>8} {failed:>7} {self.seconds[tier]:>8.1f}"
+            )
+            total_tests += count
+            total_s += self.seconds[tier]
+        write(f"{'all':<12} {total_tests:>6} {'':>7} {'':>8} {'':>7} {total_s:>8.1f}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(TierTimes(), "cnnswarm-tier-times")
 
 
 def _pg_bindir() -> Path | None:

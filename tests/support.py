@@ -50,6 +50,22 @@ def serve_in_thread(app: WSGIApplication) -> Iterator[str]:
         server.server_close()
 
 
+class ManualClock:
+    """A clock for code that takes ``clock=``: time passes only when the test says so
+    (``advance``), so a test lets minutes go by without sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` forward; return the new time."""
+        self.now += seconds
+        return self.now
+
+
 class WaitTimedOut(AssertionError):
     """``wait_until``'s condition did not hold before its deadline."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_i
 from cnnswarm.trainer.child import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobPhase, JobRunner
-from support import drive_until
+from support import ManualClock, drive_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,16 +72,26 @@ def test_jobs_keep_training_while_the_controller_is_away(
     fake_controller.unavailable_datasets.add("waiting")
     settings = make_settings(fake_controller.url, lease_timeout_s=0.5)
     runner = JobRunner(settings, ControllerClient(fake_controller.url))
+    clock = ManualClock()
     agent = HeartbeatAgent(
-        settings, runner, ControllerClient(dead_controller_url), trainer_id="t1", url="u"
+        settings,
+        runner,
+        ControllerClient(dead_controller_url),
+        trainer_id="t1",
+        url="u",
+        clock=clock,
     )
     try:
         job = runner.start(waiting_dispatch("j1"))
-        deadline = time.monotonic() + 1.5  # three lease timeouts of silence
-        while time.monotonic() < deadline:
+        # The job's process is up and waiting on the (restarting) controller for its dataset.
+        fake_controller.wait_for(lambda: 503 in fake_controller.dataset_answers, timeout=30)
+        deadline = clock() + 1.5  # three lease timeouts of silence, on the agent's clock
+        while clock() < deadline:
             assert agent.beat_once() is False
-            time.sleep(0.1)
+            clock.advance(0.1)
+        runner.poll()  # the runner's view of its job after the silence
         assert job.phase is JobPhase.RUNNING
+        assert agent.last_success_at is None
         assert agent.consecutive_failures >= 2
         # back-off stays short enough to re-attach within the lease once the controller is back
         assert agent.next_delay_s() <= max(settings.heartbeat_interval_s, 0.5 / 4)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from cnnswarm.config import Settings
 from cnnswarm.protocol import Heartbeat, HeartbeatAnswer
@@ -67,14 +68,18 @@ class HeartbeatAgent:
         *,
         trainer_id: str,
         url: str,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (seconds) stamps ``started_at`` and ``last_success_at``; tests pass a fake
+        one to let time pass without sleeping."""
         self.runner = runner
         self.client = client
         self.trainer_id = trainer_id
         self.url = url
         self.interval_s = settings.heartbeat_interval_s
         self.lease_timeout_s = settings.lease_timeout_s
-        self.started_at = time.monotonic()
+        self.clock = clock
+        self.started_at = clock()
         self.last_success_at: float | None = None
         self.consecutive_failures = 0
         self._stop = threading.Event()
@@ -105,7 +110,7 @@ class HeartbeatAgent:
             self.consecutive_failures += 1
             log.warning("heartbeat failed (%d in a row): %s", self.consecutive_failures, exc)
             return False
-        self.last_success_at = time.monotonic()
+        self.last_success_at = self.clock()
         self.consecutive_failures = 0
         self._apply_answer(answer)
         return True
