@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+
+def _default_cpu_coordination_dir() -> str:
+    """Where this host's training jobs register (``cnnswarm.cpu.HostJobs``): a per-user folder
+    in memory (``/dev/shm``, else ``$XDG_RUNTIME_DIR``, else the temp folder)."""
+    user = f"cnn-swarm-cpu-{os.getuid()}"
+    if Path("/dev/shm").is_dir():
+        return f"/dev/shm/{user}"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{runtime_dir}/cnn-swarm-cpu" if runtime_dir else f"{tempfile.gettempdir()}/{user}"
+
 
 # Every default, named once.
 DEFAULTS: dict[str, str] = {
@@ -40,6 +52,9 @@ DEFAULTS: dict[str, str] = {
     "PREDICT_MAX_BATCH": "64",
     "PREDICT_MAX_INFLIGHT": "24",
     "TORCH_THREADS": "",
+    # The training jobs of one host split its CPUs through this folder; trainers in separate
+    # containers on one host must all see it (a shared tmpfs volume).
+    "CPU_COORDINATION_DIR": _default_cpu_coordination_dir(),
     "ALLOW_DOWNLOADS": "0",
     "FORCE_CPU": "0",
     "GUNICORN_WORKERS": "1",
@@ -81,8 +96,12 @@ class Settings:
     predict_cache_models: int = 8
     predict_max_batch: int = 64
     predict_max_inflight: int = 24
-    # Threads for torch in this process; 0 means "derive from the CPU share".
+    # Threads for torch in this process; 0 means "derive from the CPU share" (for a training
+    # job: this host's share divided among the jobs registered in cpu_coordination_dir).
     torch_threads: int = 0
+    cpu_coordination_dir: Path = field(
+        default_factory=lambda: Path(DEFAULTS["CPU_COORDINATION_DIR"])
+    )
     allow_downloads: bool = False
     force_cpu: bool = False
     gunicorn_workers: int = 1
@@ -207,6 +226,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         predict_max_batch=_int(env, "PREDICT_MAX_BATCH", minimum=1),
         predict_max_inflight=_int(env, "PREDICT_MAX_INFLIGHT", minimum=1),
         torch_threads=_int(env, "TORCH_THREADS") if _get(env, "TORCH_THREADS") else 0,
+        cpu_coordination_dir=Path(_get(env, "CPU_COORDINATION_DIR")).expanduser(),
         allow_downloads=_bool(env, "ALLOW_DOWNLOADS"),
         force_cpu=_bool(env, "FORCE_CPU"),
         gunicorn_workers=_int(env, "GUNICORN_WORKERS", minimum=1),

@@ -26,7 +26,7 @@ from gunicorn.app.base import BaseApplication
 
 from cnnswarm.atomic import write_text_atomically
 from cnnswarm.config import Settings, check_token_policy
-from cnnswarm.cpu import torch_threads_for
+from cnnswarm.cpu import check_coordination_dir, torch_threads_for
 from cnnswarm.lifecycle import stop_all
 
 # A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
@@ -192,8 +192,10 @@ def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
     def build(worker_settings: Settings) -> Any:
         return create_app(worker_settings, start_background=True)
 
+    # Its jobs split this host's CPUs through this folder: refuse to start without it.
+    check_coordination_dir(settings)
     threads = torch_threads_for(settings, sharers=settings.trainer_slots)
-    # Job child processes read these when they import torch.
+    # Job child processes read these when they import torch (each job then sets its share).
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
     serve_app(

@@ -1,4 +1,4 @@
-"""`cnn-swarm up` for real: a controller and a trainer as child processes, then SIGTERM."""
+"""`cnn-swarm up` for real: a controller and trainers as child processes, then SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnnswarm.client import Client
+from cnnswarm.cpu import HostJobs
 from support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -81,3 +82,56 @@ def test_up_serves_until_sigterm_then_leaves_no_process(tmp_path: Path) -> None:
     for group in children:  # each child led a process group: its gunicorn workers are gone too
         left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout
         assert [pid for pid in left.split() if _alive(int(pid))] == []
+
+
+def test_the_jobs_of_every_trainer_up_starts_split_the_host_in_one_folder(tmp_path: Path) -> None:
+    """`up --trainers 2`: each trainer's job process registers in the host's coordination
+    folder (so each takes half the cores), and leaves nothing there once it ends."""
+    url_file = tmp_path / "controller.url"
+    coordination = tmp_path / "cpu"
+    env = dict(
+        os.environ,
+        TORCH_THREADS="1",  # explicit threads still register (and keep this test light)
+        HEARTBEAT_INTERVAL_S="0.2",
+        CPU_COORDINATION_DIR=str(coordination),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cnnswarm.cli", "up", "--trainers", "2", "--port", "0",
+         "--home", str(tmp_path / "home"), "--url-file", str(url_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    host_jobs = HostJobs(coordination)
+    try:
+
+        def url_written() -> bool:
+            assert up.poll() is None, up.communicate()[0]
+            return url_file.exists()
+
+        wait_until(url_written, 90, interval=0.1, what="up to write its URL file")
+        # The first submission of a dataset loads it: slow on a busy machine.
+        client = Client(url_file.read_text().strip(), timeout=60)
+        wait_until(lambda: len(client.list_trainers()) == 2, 60, what="two trainers")
+        job = {"model_type": "SmallConvNet", "train_opts": {"num_epochs": 10_000}}
+        job_ids = [client.submit_job("digits", **job)["id"] for _ in range(2)]
+        wait_until(lambda: len(host_jobs.live()) == 2, 90, what="both jobs to register")
+        job_pids = [int(entry.split("-")[0]) for entry in host_jobs.live()]
+        # Each job process was started by its own trainer's fork server.
+        assert len({_parent(pid) for pid in job_pids}) == 2
+        for job_id in job_ids:
+            client.cancel_job(job_id)
+        wait_until(lambda: host_jobs.live() == [], 60, what="the jobs to leave the folder")
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, output
+    assert list(coordination.iterdir()) == []
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[1])

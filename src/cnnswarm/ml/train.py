@@ -59,6 +59,9 @@ CHECKPOINT_FORMAT = "cnn-swarm-checkpoint"
 PROGRESS_CALLS_PER_EPOCH = 4
 EVAL_BATCH_SIZE = 512
 SMALL_BATCH_PIXELS = 32 * 32 * 32  # below this, one intra-op thread is as fast and far steadier
+# How often (in batches, and at each epoch start) a run asks its thread share again: other jobs
+# on the host start and end while it trains.
+THREAD_CHECK_BATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -81,14 +84,15 @@ class TrainResult:
     metrics: list[dict[str, Any]]
 
 
-def threads_for(batch_pixels: int) -> int:
+def threads_for(batch_pixels: int, share: Callable[[], int] = cpu_share) -> int:
     """Intra-op threads for batches of ``batch_pixels`` pixels (batch x height x width).
 
     Tiny batches (8x8 digits) gain nothing from more threads and slow down ~10x when another
     process shares the cores (threads wait on each other at every op), so they get one; larger
-    ones get this process's whole CPU share (``cnnswarm.cpu``: cgroup quota, affinity mask).
+    ones get ``share()``: by default this process's whole CPU share (``cnnswarm.cpu``: cgroup
+    quota, affinity mask); in a trainer's job, its part of the host (``cnnswarm.cpu.JobShare``).
     """
-    return 1 if batch_pixels < SMALL_BATCH_PIXELS else cpu_share()
+    return 1 if batch_pixels < SMALL_BATCH_PIXELS else share()
 
 
 def resolve_device(requested: str | torch.device | None, opts: TrainOptions) -> torch.device:
@@ -184,16 +188,17 @@ def train(
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
-    threads: int | None = None,
+    threads: int | Callable[[], int] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Train ``model_type`` on ``dataset``; resume a checkpointed run when given its checkpoint.
 
     When resuming, the options stored in the checkpoint are used (it is the same run).
-    ``threads`` sets torch's intra-op thread count (default: ``threads_for`` the batch size:
-    this process's CPU affinity, or 1 for tiny batches). ``clock`` is read, in seconds, for
-    ``duration_s``, ``images_per_s`` and the training time a checkpoint carries (tests pass
-    one that advances as they choose).
+    ``threads`` sets torch's intra-op thread count: a number, or a function answering this run's
+    CPU share, asked first, then at each epoch start and every ``THREAD_CHECK_BATCHES`` batches
+    (default: this process's CPU share; either way 1 for tiny batches, see ``threads_for``).
+    ``clock`` is read, in seconds, for ``duration_s``, ``images_per_s`` and the training time a
+    checkpoint carries (tests pass one that advances as they choose).
     """
     # ---- options, device, threads -----------------------------------------------------------
     if resume_from is not None:
@@ -212,9 +217,19 @@ def train(
     seed = int(opts.seed)  # type: ignore[arg-type]
     run_device = resolve_device(device, opts)
     channels, height, width = dataset.input_shape
-    if threads is None:
-        threads = threads_for(opts.batch_size * height * width)
-    torch.set_num_threads(threads)
+    batch_pixels = opts.batch_size * height * width
+    share = threads if callable(threads) else cpu_share
+    current_threads = 0
+
+    def retune_threads() -> None:
+        """Follow the thread count asked for; torch is told only when it changes."""
+        nonlocal current_threads
+        wanted = threads if isinstance(threads, int) else threads_for(batch_pixels, share)
+        if wanted != current_threads:
+            torch.set_num_threads(wanted)
+            current_threads = wanted
+
+    retune_threads()
     use_bf16 = opts.bf16
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -318,6 +333,8 @@ def train(
         for batch in range(first_batch, num_batches):
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, batch {batch}")
+            if (batch - first_batch) % THREAD_CHECK_BATCHES == 0:
+                retune_threads()  # the epoch's start, then every few batches
             idx = perm[batch * batch_size : (batch + 1) * batch_size]
             xb = x_train[idx]  # a gathered copy, safe to flip in place
             if opts.augment:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnswarm.config import Settings
+from cnnswarm.cpu import JobShare, job_share
 from cnnswarm.errors import StaleAttempt, TrainingCancelled
 from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.controller_api import (
@@ -61,8 +63,9 @@ class ChildConfig:
     controller_url: str
     api_token: str = field(repr=False)
     cache_dir: Path
-    torch_threads: int
+    torch_threads: int  # 0: this job's share of the host's CPUs (cnnswarm.cpu.JobShare)
     force_cpu: bool
+    cpu_coordination_dir: Path = field(default_factory=lambda: Settings().cpu_coordination_dir)
 
 
 def _exit_when_parent_dies() -> None:
@@ -88,7 +91,8 @@ def child_main(
     _exit_when_parent_dies()
     final: FinalMessage
     try:
-        run_job(dispatch, config, messages, cancel)
+        with job_share(config.cpu_coordination_dir, explicit_threads=config.torch_threads) as share:
+            run_job(dispatch, config, messages, cancel, share)
         final = succeeded()
     except (TrainingCancelled, RetriesAborted):
         final = cancelled()
@@ -104,9 +108,14 @@ def child_main(
 
 
 def run_job(
-    dispatch: Dispatch, config: ChildConfig, messages: Queue[ChildMessage], cancel: Event
+    dispatch: Dispatch,
+    config: ChildConfig,
+    messages: Queue[ChildMessage],
+    cancel: Event,
+    threads: JobShare,
 ) -> None:
-    """Fetch the dataset and latest checkpoint, train, and publish the model artefact."""
+    """Fetch the dataset and latest checkpoint, train (with ``threads``: this job's share of the
+    host, asked again as other jobs start and end), and publish the model artefact."""
     # Imported here: the trainer's parent process never needs torch.
     import torch
 
@@ -115,7 +124,7 @@ def run_job(
     from cnnswarm.ml.datasets.base import ArrayDataset
     from cnnswarm.ml.train import Progress, TrainOptions, train
 
-    torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(threads())
     client = ControllerClient(config.controller_url, config.api_token, should_stop=cancel.is_set)
 
     dataset_file = client.fetch_dataset(dispatch.dataset, config.cache_dir)
@@ -145,7 +154,7 @@ def run_job(
         on_checkpoint=on_checkpoint,
         should_cancel=cancel.is_set,
         device="cpu" if config.force_cpu else None,
-        threads=config.torch_threads,
+        threads=threads,
     )
     if cancel.is_set():
         raise TrainingCancelled()

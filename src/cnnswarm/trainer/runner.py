@@ -28,7 +28,6 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from cnnswarm.config import Settings
-from cnnswarm.cpu import torch_threads_for
 from cnnswarm.errors import Conflict, StaleAttempt
 from cnnswarm.protocol import Dispatch, JobReport, seed_status_entry
 from cnnswarm.trainer.child import ChildConfig, child_main
@@ -52,8 +51,9 @@ ChildTarget = Callable[[Dispatch, ChildConfig, "Queue[ChildMessage]", "Event"], 
 
 
 def child_torch_threads(settings: Settings) -> int:
-    """Torch threads for one job: ``settings.torch_threads``, else this host's CPU share / slots."""
-    return torch_threads_for(settings, sharers=settings.trainer_slots)
+    """Torch threads for one job: ``settings.torch_threads``, else 0: the job's share of the
+    host among the jobs running there, whichever trainer runs them (``cnnswarm.cpu.JobShare``)."""
+    return settings.torch_threads
 
 
 @dataclass
@@ -126,6 +126,7 @@ class JobRunner:
             cache_dir=settings.home_dir / "trainer-cache",
             torch_threads=child_torch_threads(settings),
             force_cpu=settings.force_cpu,
+            cpu_coordination_dir=settings.cpu_coordination_dir,
         )
         # A fork server that has already imported torch and the engine starts each job in
         # milliseconds instead of seconds (a resumed job is back training sooner); the jobs
