@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from cnnswarm.controller import api_schemas as api
 from cnnswarm.controller.api_schemas import AliasRequest, JobListQuery
@@ -18,6 +18,7 @@ from cnnswarm.controller.job_requests import JobRequest
 from cnnswarm.controller.model_files_api import ModelImport
 from cnnswarm.controller.openapi import REF_TEMPLATE, model_schemas
 from cnnswarm.ml.train_options import TrainOptions
+from cnnswarm.protocol import SafeId
 from cnnswarm.store.artifacts import SAFE_ID
 from cnnswarm.store.job_records import JobState
 
@@ -103,7 +104,8 @@ def test_ids_states_and_train_opts_are_the_codes(document: dict[str, Any]) -> No
         if parameter["name"] == "row":  # <int:row>
             assert parameter["schema"] == {"type": "integer", "minimum": 0}, label
         else:
-            assert parameter["schema"] == {"type": "string", "pattern": SAFE_ID.pattern}, label
+            assert parameter["schema"] == TypeAdapter(SafeId).json_schema(), label
+            assert parameter["schema"]["pattern"] == SAFE_ID.pattern, label
 
 
 def test_query_and_header_parameters_are_the_models_fields(document: dict[str, Any]) -> None:

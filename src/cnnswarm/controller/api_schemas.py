@@ -9,7 +9,8 @@ Every model here is also its OpenAPI schema: ``controller.openapi`` documents
 (``job_to_json`` and friends) and documented here, field for field (``extra="forbid"``), so
 the fuzz tier's check of every answer against the document also checks that nothing an
 answer carries is left undocumented. The job request (``job_requests.JobRequest``) and the
-model import form (``model_import.ImportRequest``) live next to the code that takes them.
+model import form (``model_import.ImportRequest``) live next to the code that takes them; ids
+and ``example_idxs`` follow the one rule each in ``cnnswarm.protocol``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
     ValidationError,
-    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
@@ -35,7 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.train_options import TrainOptions
-from cnnswarm.store.artifacts import SAFE_ID, check_id
+from cnnswarm.protocol import ExampleIdxs, SafeId
 from cnnswarm.store.job_records import JobState
 
 MAX_ITEMS_PER_REQUEST = 256  # images or examples in one v1 predict request
@@ -64,13 +63,6 @@ def validated(model: type[M], data: Mapping[str, Any], *, what: str = "field") -
         raise InvalidInput.from_validation_error(exc, known=known, what=what) from None
 
 
-def _checked_id(value: str, info: ValidationInfo) -> str:
-    return check_id(value, info.field_name or "id")
-
-
-# An id of a job, model, alias or uploaded dataset: store.artifacts.check_id's rule (its
-# pattern is documented; check_id also refuses "..").
-SafeId = Annotated[str, Field(pattern=SAFE_ID.pattern), AfterValidator(_checked_id)]
 TopK = Annotated[
     int, Field(ge=1, le=MAX_TOP_K, description="how many best classes to rank for each input")
 ]
@@ -214,7 +206,7 @@ class SeedExamplesRequest(BaseModel):
     model_config = STRICT
 
     example_idxs: Annotated[
-        int | Annotated[list[int], Field(min_length=2, max_length=2)],
+        Annotated[int, Field(ge=0)] | ExampleIdxs,
         Field(description="one row, or the rows [start, end)"),
     ]
     dataset_type: Literal["train", "test"] = "train"
@@ -238,7 +230,7 @@ class SeedExamplesRequest(BaseModel):
             start, end = self.example_idxs, self.example_idxs + 1
         else:
             start, end = self.example_idxs
-        if not 0 <= start < end <= size:
+        if end > size:
             raise InvalidInput(
                 f"example_idxs must satisfy 0 <= start < end <= {size}, got [{start}, {end}]",
                 field="example_idxs",

@@ -24,8 +24,7 @@ from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
 from cnnswarm.ml.train_options import TrainOptions
-from cnnswarm.protocol import ExampleIdxs, check_example_idxs
-from cnnswarm.store.artifacts import SAFE_ID, check_id
+from cnnswarm.protocol import ExampleIdxs, SafeId, check_example_idxs, check_id
 from cnnswarm.store.jobs import JobSpec
 
 
@@ -47,7 +46,7 @@ class JobRequest(BaseModel):
         str | None, Field(description="null: the default model for the dataset's images")
     ] = None
     model_id: Annotated[
-        Annotated[str, Field(pattern=SAFE_ID.pattern)] | None,
+        SafeId | None,
         Field(description="null: generated (from the Idempotency-Key when given)"),
     ] = None
     example_idxs: ExampleIdxs | None = None
@@ -61,7 +60,7 @@ class SeedTrainRequest(JobRequest):
 
     dataset: Annotated[str, Field(min_length=1)] = "cifar10"
     model_type: str
-    model_id: Annotated[str, Field(pattern=SAFE_ID.pattern)]
+    model_id: SafeId
 
 
 def parse_job_request(

@@ -18,7 +18,8 @@ from typing import Annotated, Any, TypeVar
 from flask import Flask
 from pydantic import BaseModel, Field, TypeAdapter
 
-from cnnswarm.controller.api_schemas import ErrorBody, SafeId
+from cnnswarm.controller.api_schemas import ErrorBody
+from cnnswarm.protocol import SafeId
 
 F = TypeVar("F", bound=Callable[..., Any])
 
