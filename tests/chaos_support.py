@@ -315,10 +315,19 @@ def _snapshot(client: Client) -> dict[str, dict[str, Any]]:
     return {job["id"]: job for job in client.list_jobs()}
 
 
-def controller_outage(cluster: Cluster, client: Client, downtime_s: float) -> dict[str, float]:
-    """Kill -9 the controller, keep it down ``downtime_s``, restart it (same port, HOME_DIR and
+def controller_outage(
+    cluster: Cluster,
+    client: Client,
+    downtime_s: float,
+    *,
+    until: Callable[[], bool] | None = None,
+    until_timeout_s: float = 180.0,
+) -> dict[str, float]:
+    """Kill -9 the controller, keep it down ``downtime_s`` and then, when ``until`` is given,
+    until ``until()`` holds (an outage that lasts until the trainers have gone through what a
+    long one puts them through, however long that takes); restart it (same port, HOME_DIR and
     SQLite file); check the job list and attempts, wait for the trainers to re-attach.
-    Returns the figures."""
+    Returns the figures (``downtime_s``: how long it was down)."""
     controller = cluster.controller
     wait_until(
         lambda: any(j["state"] == "running" and j["progress"] > 0 for j in client.list_jobs()),
@@ -330,6 +339,9 @@ def controller_outage(cluster: Cluster, client: Client, downtime_s: float) -> di
     controller.kill()
     killed_at = time.monotonic()
     time.sleep(downtime_s)  # the outage itself, not a wait for a condition
+    if until is not None:
+        wait_until(until, until_timeout_s, interval=0.2, what="the outage's condition")
+    down_s = time.monotonic() - killed_at
     cluster.restart(controller)
     ready_s = time.monotonic() - killed_at
     after = _snapshot(client)
@@ -359,7 +371,7 @@ def controller_outage(cluster: Cluster, client: Client, downtime_s: float) -> di
 
     wait_until(reattached, 30, interval=0.1, what="the trainers to re-attach their jobs")
     figures = {
-        "downtime_s": downtime_s,
+        "downtime_s": round(down_s, 2),
         "kill_to_ready_s": round(ready_s, 2),
         "kill_to_reattached_s": round(time.monotonic() - killed_at, 2),
         "jobs": len(before),
