@@ -13,7 +13,12 @@ from flask.testing import FlaskClient
 from pydantic import BaseModel, TypeAdapter
 
 from cnnswarm.controller import api_schemas as api
-from cnnswarm.controller.api_schemas import AliasRequest, JobListQuery
+from cnnswarm.controller.api_schemas import (
+    AliasRequest,
+    JobListQuery,
+    PredictRequest,
+    PredictUpload,
+)
 from cnnswarm.controller.job_requests import JobRequest
 from cnnswarm.controller.model_files_api import ModelImport
 from cnnswarm.controller.openapi import REF_TEMPLATE, model_schemas
@@ -54,7 +59,8 @@ def declared_models(app: Flask) -> tuple[list[type[BaseModel]], list[type[BaseMo
     for view in app.view_functions.values():
         spec = getattr(view, "_openapi", None)
         if spec is not None:
-            documents += [m for m in (spec["body"], *spec["responses"].values()) if m is not None]
+            declared = (spec["body"], spec["form"], *spec["responses"].values())
+            documents += [m for m in declared if m is not None]
             parameters += [m for m in (spec["query"], spec["headers"]) if m is not None]
     return documents, parameters
 
@@ -132,6 +138,11 @@ def test_the_bodies_are_the_models_that_validate(document: dict[str, Any]) -> No
         body("/api/v1/models", "post", "multipart/form-data")
         == model_schemas(ModelImport)["ModelImport"]
     )
+    predict = "/api/v1/models/{model_id}/predict"
+    assert body(predict, "post") == model_schemas(PredictRequest)["PredictRequest"]
+    upload = body(predict, "post", "multipart/form-data")
+    assert upload == model_schemas(PredictUpload)["PredictUpload"]
+    assert upload["properties"]["files"]["items"]["format"] == "binary"
     job_request = body("/api/v1/jobs", "post")
     assert job_request["additionalProperties"] is False and job_request["required"] == ["dataset"]
     upload = body("/api/v1/datasets", "post", "multipart/form-data")

@@ -125,6 +125,20 @@ class PredictRequest(BaseModel):
         return images
 
 
+class PredictUpload(BaseModel):
+    """Images as multipart files (the field may also be named file, images or image)."""
+
+    # Documents the multipart form; models_api.request_inputs reads the files and checks top_k
+    # by PredictQuery.
+    model_config = STRICT
+
+    files: Annotated[
+        list[Annotated[bytes, Field(description="a PNG or JPEG")]],
+        Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST),
+    ]
+    top_k: TopK | None = None
+
+
 class PredictQuery(BaseModel):
     """Predict's query string (for multipart images, top_k may also be a form field)."""
 

@@ -32,8 +32,7 @@ token_required = require_token(lambda: ctx().settings.api_token)
 @token_required
 @doc(
     "Upload a dataset: a zip or tar of class folders of images, or an .npz of x, y, classes",
-    body=DatasetUpload,
-    body_type="multipart/form-data",
+    form=DatasetUpload,
     responses={201: Dataset, 413: ErrorBody},
 )
 def upload_dataset() -> tuple[dict[str, Any], int]:

@@ -37,8 +37,7 @@ class ModelImport(ImportRequest):
 @doc(
     "Import a model file (a seed .pth state dict or a cnn-swarm model file); batch norms are "
     "recalibrated on the named dataset when the file has no per-call-site statistics",
-    body=ModelImport,
-    body_type="multipart/form-data",
+    form=ModelImport,
     responses={201: ImportedModel, 409: ErrorBody, 413: ErrorBody},
 )
 def import_model_file() -> tuple[dict[str, Any], int]:

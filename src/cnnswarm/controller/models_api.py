@@ -17,6 +17,7 @@ from cnnswarm.controller.api_schemas import (
     PredictAnswer,
     PredictQuery,
     PredictRequest,
+    PredictUpload,
     validated,
 )
 from cnnswarm.controller.context import ctx
@@ -116,6 +117,7 @@ def load_model(id_or_alias: str) -> LoadedModel:
 @doc(
     "Classify images (multipart 'files', JSON base64 'instances' or normalized 'examples')",
     body=PredictRequest,
+    form=PredictUpload,
     responses={200: PredictAnswer, 503: ErrorBody},
     query=PredictQuery,
 )

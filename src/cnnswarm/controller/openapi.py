@@ -38,19 +38,20 @@ def doc(
     summary: str,
     *,
     body: type[BaseModel] | None = None,
-    body_type: str = "application/json",
+    form: type[BaseModel] | None = None,
     responses: Mapping[int, type[BaseModel] | None] | None = None,
     query: type[BaseModel] | None = None,
     headers: type[BaseModel] | None = None,
 ) -> Callable[[F], F]:
-    """Attach an OpenAPI description to a view: the request body's model, the answer's model
-    by status (None = no JSON body) and the models of its query string and headers."""
+    """Attach an OpenAPI description to a view: the models of its JSON body and of its
+    multipart form (either or both), the answer's model by status (None = no JSON answer) and
+    the models of its query string and headers."""
 
     def decorate(view: F) -> F:
         view._openapi = {  # type: ignore[attr-defined]
             "summary": summary,
             "body": body,
-            "body_type": body_type,
+            "form": form,
             "responses": dict(responses or {200: None}),
             "query": query,
             "headers": headers,
@@ -173,11 +174,16 @@ def build_openapi(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
                 "parameters": parameters,
                 "responses": responses,
             }
-            if spec["body"] is not None:
-                operation["requestBody"] = {
-                    "required": True,
-                    "content": {spec["body_type"]: {"schema": components.ref(spec["body"])}},
-                }
+            content = {
+                media: {"schema": components.ref(model)}
+                for media, model in (
+                    ("application/json", spec["body"]),
+                    ("multipart/form-data", spec["form"]),
+                )
+                if model is not None
+            }
+            if content:
+                operation["requestBody"] = {"required": True, "content": content}
             paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
