@@ -13,7 +13,9 @@ with the top 3 classes (the peers decode, convert, scale and normalize as cnn-sw
 drives each for ``--seconds`` per point at each concurrency, servers interleaved within each of
 ``--rounds`` rounds, and the median of the rounds is printed. The machine is shared (2 cores,
 other work running), so absolute figures move from run to run; the interleaving keeps the
-comparison fair, not the numbers steady.
+comparison fair, not the numbers steady. The column ``CPU ms/answer`` (user + system CPU time
+of all the server's processes during the point, per 2xx answer) is the steadier figure there:
+other work slows a server down but hardly changes what each answer costs it.
 
 Also printed: the raw in-process forward limits of the exported model (1 thread batch 1, 1
 thread batch 8, 2 threads batch 16; forward only), and the controller's memory with 10 cached
@@ -369,6 +371,7 @@ class Point:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    cpu_ms: float = float("nan")  # the server's CPU time (all its processes) per 2xx answer
 
 
 def _ms(text: str, label: str) -> float:
@@ -378,26 +381,31 @@ def _ms(text: str, label: str) -> float:
     return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
 
 
-def run_wrk(url: str, concurrency: int, seconds: float, script: Path) -> Point:
-    """wrk (1 thread, ``concurrency`` keep-alive connections) against ``url``."""
+def run_wrk(url: str, concurrency: int, seconds: float, script: Path, roots: list[int]) -> Point:
+    """wrk (1 thread, ``concurrency`` keep-alive connections) against ``url``; the CPU time that
+    the processes under ``roots`` spent, per 2xx answer."""
+    cpu_before = cpu_seconds(roots)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s"]
     out = subprocess.run(
         [*command, "--latency", "-s", str(script), url], capture_output=True, text=True
     ).stdout
+    cpu_spent = cpu_seconds(roots) - cpu_before
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = int(non_2xx.group(1)) if non_2xx else 0
-    rps = 0.0
+    rps, answered = 0.0, 0
     if done:
         unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
-        rps = (int(done.group(1)) - failed) / (float(done.group(2)) * unit)
+        answered = int(done.group(1)) - failed
+        rps = answered / (float(done.group(2)) * unit)
     return Point(
         rps=rps,
         p50_ms=_ms(out, "50%"),
         p99_ms=_ms(out, "99%"),
         non_2xx=failed,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        cpu_ms=1000 * cpu_spent / answered if answered else float("nan"),
     )
 
 
@@ -408,6 +416,7 @@ def median_point(points: list[Point]) -> Point:
         p99_ms=statistics.median(p.p99_ms for p in points),
         non_2xx=int(statistics.median(p.non_2xx for p in points)),
         socket_errors=int(statistics.median(p.socket_errors for p in points)),
+        cpu_ms=statistics.median(p.cpu_ms for p in points),
     )
 
 
@@ -446,6 +455,41 @@ def _parents() -> dict[int, int]:
     return parents
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """``roots`` and every process below them."""
+    parents = _parents()
+    found: list[int] = []
+    todo = list(roots)
+    while todo:
+        parent = todo.pop()
+        if parent in found:  # a root may also be another root's child (gunicorn's workers)
+            continue
+        found.append(parent)
+        todo += [pid for pid, ppid in parents.items() if ppid == parent]
+    return found
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of ``roots`` and their descendants (living ones)."""
+    total = 0
+    for pid in descendants(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def listening_pids(url: str) -> list[int]:
+    """The processes listening on ``url``'s port (``ss``), for servers this run did not start."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True
+    ).stdout
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
+
+
 def _kib(path: Path, field: str) -> int:
     found = re.search(rf"^{field}:\s+(\d+) kB", path.read_text(), re.MULTILINE)
     return int(found.group(1)) if found else 0
@@ -454,13 +498,7 @@ def _kib(path: Path, field: str) -> int:
 def controller_memory(up_pid: int) -> str:
     """RSS and PSS summed over the controller's gunicorn master and workers (the children of
     ``cnn-swarm up`` and theirs; with no trainers, that is the controller), and RSS each."""
-    parents = _parents()
-    pids, todo = [], [up_pid]
-    while todo:
-        parent = todo.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        pids += children
-        todo += children
+    pids = descendants([up_pid])[1:]
     rss = [_kib(Path(f"/proc/{pid}/status"), "VmRSS") / 1024 for pid in pids]
     pss = sum(_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in pids) / 1024
     each = " + ".join(f"{mb:.0f}" for mb in rss)
@@ -471,13 +509,15 @@ def controller_memory(up_pid: int) -> str:
 
 
 def print_table(results: dict[tuple[str, int], Point], servers: list[str], conc: list[int]) -> None:
-    print("\n| server | c | 2xx req/s | p50 ms | p99 ms | non-2xx | socket errors |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| server | c | 2xx req/s | p50 ms | p99 ms | non-2xx | socket errors | CPU ms/answer |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name in servers:
         for c in conc:
             r = results[(name, c)]
             print(f"| {name} | {c} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-                  f"{r.non_2xx} | {r.socket_errors} |")  # fmt: skip
+                  f"{r.non_2xx} | {r.socket_errors} | {r.cpu_ms:.1f} |")  # fmt: skip
 
 
 def main() -> int:
@@ -499,6 +539,8 @@ def main() -> int:
         "imported into it and it is loaded side by side with the others",
     )
     args = parser.parse_args()
+    # SIGTERM ends the run through ``finally`` (which kills the servers), as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
     ensure_debian_tools()
@@ -519,9 +561,13 @@ def main() -> int:
             "TorchServe": start_torchserve(procs, peers_python, work, common),
             "LitServe": start_litserve(procs, peers_python, work, common),
         }
+        roots = {
+            name: [process.pid] for name, (_, process) in zip(servers, procs.started, strict=True)
+        }
         for name, other_url in (item.split("=", 1) for item in args.also):
             import_models(other_url, model, 1)
             servers[name] = f"{other_url}/api/v1/models/{MODEL_ID}/predict?top_k={TOP_K}"
+            roots[name] = listening_pids(other_url)
         body = json.dumps({"instances": [base64.b64encode(model.png).decode()]}).encode()
         (work / "body.json").write_bytes(body)
         script = work / "post.lua"
@@ -542,7 +588,7 @@ def main() -> int:
             for round_index in range(args.rounds):
                 for name, server_url in servers.items():
                     procs.check_alive()
-                    point = run_wrk(server_url, c, args.seconds, script)
+                    point = run_wrk(server_url, c, args.seconds, script, roots[name])
                     runs.setdefault((name, c), []).append(point)
                     print(f"round {round_index + 1} c={c} {name}: {point}", flush=True)
         results = {key: median_point(points) for key, points in runs.items()}
