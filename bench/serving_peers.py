@@ -19,8 +19,9 @@ other work slows a server down but hardly changes what each answer costs it.
 
 Also printed: the raw in-process forward limits of the exported model (1 thread batch 1, 1
 thread batch 8, 2 threads batch 16; forward only), and the controller's memory with 10 cached
-models (10 imports of the model, each predicted once; RSS summed over the gunicorn master and
-workers, and PSS, which counts pages shared after the fork once). Last line:
+models (10 imports of the model, each predicted from 20 fresh connections so that every worker
+loads it; RSS of the gunicorn master and each worker, summed, and PSS, which counts pages shared
+after the fork once). Last line:
 
     ratio=<cnn-swarm req/s / best peer req/s at c=32>
 
@@ -593,8 +594,10 @@ def main() -> int:
                     print(f"round {round_index + 1} c={c} {name}: {point}", flush=True)
         results = {key: median_point(points) for key, points in runs.items()}
 
+        # Each model from 20 fresh connections, so that every gunicorn worker caches all 10.
         for index in range(CACHED_MODELS):
-            top_class(f"{url}/api/v1/models/bench-m{index}/predict?top_k={TOP_K}", body)
+            for _ in range(20):
+                top_class(f"{url}/api/v1/models/bench-m{index}/predict?top_k={TOP_K}", body)
         memory = controller_memory(procs.started[0][1].pid)
         limits = raw_limits(work / "model.pt", args.raw_seconds)
     finally:
