@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def csp_directives(header: str) -> dict[str, list[str]]:
+    """A Content-Security-Policy header as {directive: its sources}."""
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {words[0]: words[1:] for words in directives}
+
+
 def free_port() -> int:
     """An ephemeral TCP port that was free a moment ago."""
     with socket.socket() as sock:

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import cnnswarm.controller
-from support import serve_in_thread
+from support import csp_directives, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 ASSETS = Path(cnnswarm.controller.__file__).parent / "docs_assets"
@@ -48,11 +48,6 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_script and data.strip():
             self.inline_scripts.append(data)
-
-
-def _csp(header: str) -> dict[str, list[str]]:
-    directives = (part.split() for part in header.split(";") if part.strip())
-    return {words[0]: words[1:] for words in directives}
 
 
 def test_the_docs_page_loads_every_asset_from_this_controller(client: FlaskClient) -> None:
@@ -85,7 +80,7 @@ def test_the_docs_page_is_sent_with_a_strict_content_security_policy(
     client: FlaskClient,
 ) -> None:
     page = client.get("/api/v1/docs")
-    policy = _csp(page.headers["Content-Security-Policy"])
+    policy = csp_directives(page.headers["Content-Security-Policy"])
     assert policy["default-src"] == ["'self'"]
     assert policy["script-src"] == ["'self'"]
     assert policy["object-src"] == ["'none'"]

@@ -27,6 +27,7 @@ from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
 from cnnswarm.ml.datasets.registry import load_builtin
 from cnnswarm.ml.train_options import TrainOptions
+from support import csp_directives
 
 UI = Path(cnnswarm.controller.ui.__file__).parent
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
@@ -84,18 +85,13 @@ class _Page(HTMLParser):
             self.inline_scripts.append(data)
 
 
-def _policy(header: str) -> dict[str, list[str]]:
-    directives = (part.split() for part in header.split(";") if part.strip())
-    return {words[0]: words[1:] for words in directives}
-
-
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_has_a_strict_policy_no_inline_code_and_only_local_assets(
     client: FlaskClient, path: str
 ) -> None:
     page = client.get(path)
     assert page.status_code == 200 and page.mimetype == "text/html"
-    policy = _policy(page.headers["Content-Security-Policy"])
+    policy = csp_directives(page.headers["Content-Security-Policy"])
     assert policy["default-src"] == ["'self'"]
     assert policy["script-src"] == ["'self'"]
     assert policy["style-src"] == ["'self'"]
