@@ -195,10 +195,6 @@ class Dispatch(Message):
     example_idxs: ExampleIdxs | None = None
     train_opts: dict[str, Any] | None = None
 
-    def __init__(self, *values: Any, **fields: Any) -> None:
-        """Fields by name, or by position in declaration order (as tests build dispatches)."""
-        super().__init__(**dict(zip(type(self).model_fields, values, strict=False)), **fields)
-
 
 def _advisory(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     # A report that does not fit is left out, not refused: the lease renewal it rides on

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cnnswarm.config import Settings
+from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
-from cnnswarm.trainer.child import Dispatch
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.runner import JobPhase, JobRunner
 from support import ManualClock, drive_until
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.timeout(60)
 
 def waiting_dispatch(job_id: str, attempt: int = 1) -> Dispatch:
     """A job whose dataset the controller keeps answering 503 for: it holds a slot, idle."""
-    return Dispatch(job_id, attempt, "m", "SmallConvNet", "waiting", None, None)
+    return Dispatch(
+        job_id=job_id, attempt=attempt, model_id="m", model_type="SmallConvNet", dataset="waiting"
+    )
 
 
 def make_agent(settings: Settings) -> tuple[HeartbeatAgent, JobRunner]:
