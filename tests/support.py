@@ -9,6 +9,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,6 +27,39 @@ def csp_directives(header: str) -> dict[str, list[str]]:
     """A Content-Security-Policy header as {directive: its sources}."""
     directives = (part.split() for part in header.split(";") if part.strip())
     return {words[0]: words[1:] for words in directives}
+
+
+class PageReferences(HTMLParser):
+    """What an HTML page references and runs: the URLs in its ``src``, ``href``, ``action`` and
+    ``data-*-url`` attributes, the text of its inline scripts, and its inline styles and event
+    handlers (``tag name='value'``), which a strict Content-Security-Policy would block."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.inline_scripts: list[str] = []
+        self.inline_attributes: list[str] = []
+        self._in_script = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            is_url = name in ("src", "href", "action") or (
+                name.startswith("data-") and name.endswith("-url")
+            )
+            if is_url and value:
+                self.urls.append(value)
+            if name == "style" or name.startswith("on"):
+                self.inline_attributes.append(f"{tag} {name}={value!r}")
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_scripts.append(data)
 
 
 def free_port() -> int:

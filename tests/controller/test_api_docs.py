@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import tomllib
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,36 +17,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import cnnswarm.controller
-from support import csp_directives, serve_in_thread
+from support import PageReferences, csp_directives, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 ASSETS = Path(cnnswarm.controller.__file__).parent / "docs_assets"
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 CONTENT_TYPES = {".js": {"text/javascript", "application/javascript"}, ".css": {"text/css"}}
-
-
-class _Page(HTMLParser):
-    """The URLs a page references and the text of its inline scripts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-        self.inline_scripts: list[str] = []
-        self._in_script = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        for name in ("src", "href", "data-openapi-url"):
-            if values.get(name):
-                self.urls.append(str(values[name]))
-        self._in_script = tag == "script"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_script = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_script and data.strip():
-            self.inline_scripts.append(data)
 
 
 def test_the_docs_page_loads_every_asset_from_this_controller(client: FlaskClient) -> None:
@@ -57,8 +32,7 @@ def test_the_docs_page_loads_every_asset_from_this_controller(client: FlaskClien
     html = page.get_data(as_text=True)
     assert not re.search(r"(https?:)?//", html), "the page names another origin"
 
-    parsed = _Page()
-    parsed.feed(html)
+    parsed = PageReferences(html)
     assert parsed.inline_scripts == []
     assert len(parsed.urls) == 4, parsed.urls  # stylesheet, bundle, initializer, document
     for url in parsed.urls:

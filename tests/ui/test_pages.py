@@ -12,7 +12,6 @@ import io
 import re
 import tomllib
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,7 +26,7 @@ from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
 from cnnswarm.ml.datasets.registry import load_builtin
 from cnnswarm.ml.train_options import TrainOptions
-from support import csp_directives
+from support import PageReferences, csp_directives
 
 UI = Path(cnnswarm.controller.ui.__file__).parent
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
@@ -59,32 +58,6 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-class _Page(HTMLParser):
-    """The URLs a page references, its inline scripts and its inline styles and handlers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-        self.inline_scripts: list[str] = []
-        self.inline_attributes: list[str] = []
-        self._in_script = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if name in ("src", "href", "action") and value:
-                self.urls.append(value)
-            if name == "style" or name.startswith("on"):
-                self.inline_attributes.append(f"{tag} {name}={value!r}")
-        self._in_script = tag == "script"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_script = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_script and data.strip():
-            self.inline_scripts.append(data)
-
-
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_has_a_strict_policy_no_inline_code_and_only_local_assets(
     client: FlaskClient, path: str
@@ -106,8 +79,7 @@ def test_every_page_has_a_strict_policy_no_inline_code_and_only_local_assets(
 
     html = page.get_data(as_text=True)
     assert not re.search(r"(https?:)?//", html), "the page names another origin"
-    parsed = _Page()
-    parsed.feed(html)
+    parsed = PageReferences(html)
     assert parsed.inline_scripts == []
     assert parsed.inline_attributes == []
     assert parsed.urls
