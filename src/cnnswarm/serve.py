@@ -167,19 +167,22 @@ def serve_app(
 
 
 def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
-    """Serve the controller with gunicorn until stopped (``settings.gunicorn_workers`` workers)."""
+    """Serve the controller with gunicorn until stopped: ``settings.gunicorn_workers`` workers of
+    ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each."""
     from cnnswarm.controller.app import create_app
 
     def build(worker_settings: Settings) -> Any:
         return create_app(worker_settings, start_background=True)
 
-    workers = settings.gunicorn_workers
+    # Several workers: one Python per core for parsing, decoding and Flask (the GIL would
+    # serialize them in one process); the scheduler's leader lease keeps background work to one.
+    # One torch thread each: inference batches under load instead of splitting each forward.
     serve_app(
         build,
         settings,
         role="controller",
-        workers=workers,
-        torch_threads=torch_threads_for(settings, sharers=workers),
+        workers=settings.gunicorn_workers,
+        torch_threads=settings.predict_torch_threads,
         url_file=url_file,
     )
 

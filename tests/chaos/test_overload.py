@@ -1,7 +1,9 @@
-"""Predict under far more concurrency than capacity: a real controller with 4 request threads and
-at most 2 predicts in flight, 200 concurrent clients. Every request is answered within a
-deadline, each answer is 200 or 429/503 with ``Retry-After`` (never a hang, never a 5xx of
-another kind), and the controller's resident memory stays bounded."""
+"""Predict under far more concurrency than capacity: a real controller (2 workers of 4 request
+threads) and 200 concurrent clients. Every request is answered within a deadline, each answer is
+200 or 503 with ``Retry-After`` (shed by queue time: never a hang, never a 5xx of another kind),
+and the controller's resident memory stays bounded. Whether any request waits past the bound
+depends on the machine, so the 503s are allowed, not required (``test_inference_queue.py``
+builds such a queue deterministically)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def _group_rss_kib(pid: int) -> int:
 
 
 def test_predict_overload_answers_fast_and_memory_stays_bounded(tmp_path: Path) -> None:
-    env = {"PREDICT_MAX_INFLIGHT": "2", "GUNICORN_THREADS": "4", "LEASE_TIMEOUT_S": "300"}
+    env = {"PREDICT_MAX_QUEUE_S": "0.5", "GUNICORN_THREADS": "4", "LEASE_TIMEOUT_S": "300"}
     with Cluster(tmp_path / "cluster", env=env) as cluster:
         controller = cluster.start_controller()
         model_id = _publish_model(tmp_path, controller.url, cluster.client())
@@ -96,14 +98,13 @@ def test_predict_overload_answers_fast_and_memory_stays_bounded(tmp_path: Path) 
         wall = time.monotonic() - started
         rss_after = _group_rss_kib(controller.pid)
         print(
-            f"\n{CLIENTS} clients x {ROUNDS} predicts (4 threads, 2 in flight): {dict(answers)}; "
+            f"\n{CLIENTS} clients x {ROUNDS} predicts (2 x 4 threads): {dict(answers)}; "
             f"slowest answer {slowest:.2f} s, all in {wall:.1f} s; controller RSS "
             f"{rss_before // 1024} MiB -> {rss_after // 1024} MiB"
         )
         assert sum(answers.values()) == CLIENTS * ROUNDS
         assert set(answers) <= {"200", "503 + Retry-After", "429 + Retry-After"}, answers
         assert answers["200"] > 0
-        assert answers["503 + Retry-After"] + answers["429 + Retry-After"] > 0, answers
         assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
         # Still serving normally afterwards.
         assert requests.post(url, json=body, timeout=30).status_code == 200
