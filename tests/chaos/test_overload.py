@@ -16,11 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from chaos_support import FakeTrainer, rss_kib
+from chaos_support import publish_model_by_hand, rss_kib
 from cluster import Cluster, living_group_members
-from cnnswarm.ml.artifact import artifact_to_bytes
-from cnnswarm.ml.datasets import load_builtin
-from cnnswarm.ml.train import train
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -28,31 +25,6 @@ CLIENTS = 200
 ROUNDS = 3
 DEADLINE_S = 30.0
 RSS_GROWTH_LIMIT_KIB = 150 * 1024
-
-
-def _publish_model(tmp_path: Path, controller_url: str, client: object) -> str:
-    """Train a tiny model here and publish it through the internal routes as its trainer."""
-    from cnnswarm.client import Client
-
-    assert isinstance(client, Client)
-    job = client.submit_job(
-        dataset="digits",
-        model_type="SmallConvNet",
-        example_idxs=[0, 200],
-        train_opts={"num_epochs": 1},
-    )
-    with FakeTrainer(controller_url) as fake:
-        attempt = fake.wait_dispatch(job["id"])["attempt"]
-    dataset = load_builtin("digits", tmp_path / "data").subset([0, 200])
-    result = train("SmallConvNet", dataset, {"num_epochs": 1})
-    answer = requests.post(
-        f"{controller_url}/internal/v1/jobs/{job['id']}/result",
-        params={"attempt": attempt},
-        data=artifact_to_bytes(result.artifact),
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return str(job["model_id"])
 
 
 def _group_rss_kib(pid: int) -> int:
@@ -63,7 +35,7 @@ def test_predict_overload_answers_fast_and_memory_stays_bounded(tmp_path: Path) 
     env = {"PREDICT_MAX_QUEUE_S": "0.5", "GUNICORN_THREADS": "4", "LEASE_TIMEOUT_S": "300"}
     with Cluster(tmp_path / "cluster", env=env) as cluster:
         controller = cluster.start_controller()
-        model_id = _publish_model(tmp_path, controller.url, cluster.client())
+        model_id = publish_model_by_hand(tmp_path, controller.url, cluster.client())
         url = f"{controller.url}/api/v1/models/{model_id}/predict"
         body = {"examples": [[[[0.0] * 8] * 8] * 1] * 8}  # 8 images of 1x8x8
         assert requests.post(url, json=body, timeout=30).status_code == 200  # model loaded
