@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 def examples(rows: int, seed: int) -> list[Any]:
     """``rows`` normalized 1x8x8 examples (the digits model's input)."""
     values = np.random.default_rng(seed).normal(size=(rows, 1, 8, 8)).astype(np.float32)
-    return values.tolist()  # type: ignore[no-any-return]
+    return values.tolist()
 
 
 def workers_of(controller: ServerProcess) -> set[int]:
