@@ -40,12 +40,13 @@ QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz"})
 
 Role = Literal["controller", "trainer"]
 
-# glibc's mallopt parameter for the number of malloc arenas, and the controller's value: one
-# arena per busy thread (glibc's default, up to 8 per core) keeps each thread's freed memory
-# apart; with 16 request threads per worker that cost about 55 MB of PSS across 2 workers with
-# 10 cached models (bench/serving_peers.py: 515 MB -> 460 MB), for no measurable throughput.
+# glibc's mallopt parameter for the number of malloc arenas, and the controller's value. glibc
+# gives busy threads arenas of their own (up to 8 per core), each keeping its freed memory; with
+# 16 request threads per worker, 2 workers and 10 cached models, the controller's PSS after load
+# was 515 MB with glibc's default, 424-498 MB with 2 arenas and 406 MB with 1, at the same CPU
+# time per answer (the GIL already serializes the request threads' Python).
 _M_ARENA_MAX = -8
-CONTROLLER_MALLOC_ARENAS = 2
+CONTROLLER_MALLOC_ARENAS = 1
 
 
 def _set_torch_threads(threads: int) -> None:

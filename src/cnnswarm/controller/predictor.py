@@ -167,7 +167,8 @@ class Predictor:
     def predict(
         self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
     ) -> list[dict[str, Any]]:
-        """Class, probability and the ``top_k`` best classes for each input row."""
+        """Class, probability and the ``top_k`` best classes for each input row; ``Overloaded``
+        (503 with ``Retry-After``) when the model's queue is past ``predict_max_queue_s``."""
         probs = loaded.queue.run(inputs)
         k = min(top_k, probs.shape[1])
         values, indices = torch.topk(probs, k, dim=1)
