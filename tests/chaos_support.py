@@ -9,6 +9,8 @@
   training anything, e.g. to write checkpoints or publish a model by hand.
 - ``controller_outage``: ``kill -9`` of the controller, a downtime, a restart, and the checks
   that nothing changed (job list, attempts) and that the trainers re-attached.
+- ``publish_model_by_hand``: a tiny model trained in the test process and published through the
+  internal routes as a ``FakeTrainer`` (a servable model in seconds, no trainer process).
 - ``rss_kib``: a process's resident memory from ``/proc/<pid>/status``.
 """
 
@@ -443,3 +445,30 @@ class FakeTrainer:
         return wait_until(
             dispatched, timeout, interval=0.1, what=f"job {job_id} dispatched to {self.trainer_id}"
         )
+
+
+def publish_model_by_hand(tmp_path: Path, controller_url: str, client: Client) -> str:
+    """Train a tiny SmallConvNet on ``digits`` here and publish it through the internal routes
+    as its (fake) trainer; return its model id (inputs: 1x8x8 examples)."""
+    from cnnswarm.ml.artifact import artifact_to_bytes
+    from cnnswarm.ml.datasets import load_builtin
+    from cnnswarm.ml.train import train
+
+    job = client.submit_job(
+        dataset="digits",
+        model_type="SmallConvNet",
+        example_idxs=[0, 200],
+        train_opts={"num_epochs": 1},
+    )
+    with FakeTrainer(controller_url) as fake:
+        attempt = fake.wait_dispatch(job["id"])["attempt"]
+    dataset = load_builtin("digits", tmp_path / "data").subset([0, 200])
+    result = train("SmallConvNet", dataset, {"num_epochs": 1})
+    answer = requests.post(
+        f"{controller_url}/internal/v1/jobs/{job['id']}/result",
+        params={"attempt": attempt},
+        data=artifact_to_bytes(result.artifact),
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return str(job["model_id"])

@@ -104,3 +104,16 @@ def test_client_settings_read_the_token_as_the_servers_do(tmp_path: Path) -> Non
         load_client_settings({"CNN_SWARM_API_TOKEN_FILE": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match="FLASK_CONTROLLER_PORT"):
         load_client_settings({"FLASK_CONTROLLER_PORT": "http"})
+
+
+def test_predict_is_shed_by_queue_time_and_the_retired_count_is_ignored_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = load_settings({"PREDICT_MAX_QUEUE_S": "0.5", "PREDICT_TORCH_THREADS": "2"})
+    assert (settings.predict_max_queue_s, settings.predict_torch_threads) == (0.5, 2)
+    with caplog.at_level("WARNING", logger="cnnswarm.config"):
+        load_settings({"PREDICT_MAX_INFLIGHT": "24"})
+    assert "'PREDICT_MAX_INFLIGHT' is ignored" in caplog.text
+    assert "PREDICT_MAX_QUEUE_S" in caplog.text
+    with pytest.raises(ConfigError, match="PREDICT_MAX_QUEUE_S"):
+        load_settings({"PREDICT_MAX_QUEUE_S": "0"})

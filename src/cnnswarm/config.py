@@ -8,11 +8,14 @@ message that names the variable and what it expects.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def _default_cpu_coordination_dir() -> str:
@@ -50,15 +53,19 @@ DEFAULTS: dict[str, str] = {
     "MAX_UPLOAD_MB": "512",
     "PREDICT_CACHE_MODELS": "8",
     "PREDICT_MAX_BATCH": "64",
-    "PREDICT_MAX_INFLIGHT": "24",
+    # A predict request that would wait longer than this in its model's queue gets 503.
+    "PREDICT_MAX_QUEUE_S": "2.0",
+    # Torch threads of each controller worker (inference, exports, imports).
+    "PREDICT_TORCH_THREADS": "1",
     "TORCH_THREADS": "",
     # The training jobs of one host split its CPUs through this folder; trainers in separate
     # containers on one host must all see it (a shared tmpfs volume).
     "CPU_COORDINATION_DIR": _default_cpu_coordination_dir(),
     "ALLOW_DOWNLOADS": "0",
     "FORCE_CPU": "0",
-    "GUNICORN_WORKERS": "1",
-    "GUNICORN_THREADS": "32",
+    # Controller processes (a trainer always runs one) and request threads in each.
+    "GUNICORN_WORKERS": "2",
+    "GUNICORN_THREADS": "16",
     "SUBNET_TRAIN": "",
 }
 
@@ -95,8 +102,9 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     predict_cache_models: int = 8
     predict_max_batch: int = 64
-    predict_max_inflight: int = 24
-    # Threads for torch in this process; 0 means "derive from the CPU share" (for a training
+    predict_max_queue_s: float = 2.0
+    predict_torch_threads: int = 1
+    # Threads for torch in a trainer; 0 means "derive from the CPU share" (for a training
     # job: this host's share divided among the jobs registered in cpu_coordination_dir).
     torch_threads: int = 0
     cpu_coordination_dir: Path = field(
@@ -104,8 +112,8 @@ class Settings:
     )
     allow_downloads: bool = False
     force_cpu: bool = False
-    gunicorn_workers: int = 1
-    gunicorn_threads: int = 32
+    gunicorn_workers: int = 2
+    gunicorn_threads: int = 16
     # Accepted for seed compatibility and ignored: nothing scans address ranges.
     subnet_train: str = ""
 
@@ -190,10 +198,23 @@ def _token(env: Mapping[str, str]) -> str:
     return ""
 
 
+# Settings that no longer do anything, and what replaced them.
+RETIRED = {
+    "PREDICT_MAX_INFLIGHT": "predict load is shed by queue time: PREDICT_MAX_QUEUE_S",
+}
+
+
+def _warn_about_retired(env: Mapping[str, str]) -> None:
+    for name, replacement in RETIRED.items():
+        if env.get(name):
+            logger.warning("Config '%s' is ignored; %s.", name, replacement)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: ``os.environ``); raise ``ConfigError`` naming the
     variable on a bad value."""
     env = os.environ if env is None else env
+    _warn_about_retired(env)
     database_url = env.get("DATABASE_URL", "")
     database_file = env.get("DATABASE_URL_FILE", "")
     if not database_url and database_file:
@@ -224,7 +245,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_upload_bytes=_int(env, "MAX_UPLOAD_MB", minimum=1) * 1024 * 1024,
         predict_cache_models=_int(env, "PREDICT_CACHE_MODELS", minimum=1),
         predict_max_batch=_int(env, "PREDICT_MAX_BATCH", minimum=1),
-        predict_max_inflight=_int(env, "PREDICT_MAX_INFLIGHT", minimum=1),
+        predict_max_queue_s=_float(env, "PREDICT_MAX_QUEUE_S"),
+        predict_torch_threads=_int(env, "PREDICT_TORCH_THREADS", minimum=1),
         torch_threads=_int(env, "TORCH_THREADS") if _get(env, "TORCH_THREADS") else 0,
         cpu_coordination_dir=Path(_get(env, "CPU_COORDINATION_DIR")).expanduser(),
         allow_downloads=_bool(env, "ALLOW_DOWNLOADS"),
@@ -249,6 +271,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
     the local controller on ``FLASK_CONTROLLER_PORT``) and the token as the servers read it
     (``CNN_SWARM_API_TOKEN``, else the file named by ``CNN_SWARM_API_TOKEN_FILE``)."""
     env = os.environ if env is None else env
+    _warn_about_retired(env)
     url = _get(env, "CNN_SWARM_URL") or f"http://127.0.0.1:{_port(env, 'FLASK_CONTROLLER_PORT')}"
     return ClientSettings(url=url.rstrip("/"), api_token=_token(env))
 

@@ -1,7 +1,9 @@
 """The one CPU policy: how many CPUs this process may use, and how they are split.
 
-Everything that sizes a thread pool asks here: the servers (``cnnswarm.serve``, per gunicorn
-worker), the trainer's job processes and the training loop's default (``cnnswarm.ml.train``).
+Everything that sizes a thread pool for training asks here: the trainer server
+(``cnnswarm.serve``), its job processes and the training loop's default (``cnnswarm.ml.train``).
+The controller is the exception: each of its workers runs ``PREDICT_TORCH_THREADS`` torch
+threads (1 by default; see ``controller/predictor.py`` for why).
 The share is the smallest of the cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), the
 affinity mask and ``os.cpu_count()``, so a container's CPU limit is honoured wherever the code
 runs.
@@ -76,8 +78,8 @@ def cpu_share(cgroup_root: Path = CGROUP_ROOT) -> int:
 
 def torch_threads_for(settings: Settings, *, sharers: int) -> int:
     """Intra-op threads for torch: ``settings.torch_threads`` when set, else the CPU share split
-    evenly among ``sharers`` (the controller's gunicorn workers; training jobs use ``JobShare``,
-    which follows the jobs actually running)."""
+    evenly among ``sharers`` (a trainer's job slots; training jobs use ``JobShare``, which
+    follows the jobs actually running)."""
     if settings.torch_threads > 0:
         return settings.torch_threads
     return max(1, cpu_share() // max(1, sharers))

@@ -16,6 +16,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +40,29 @@ QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz"})
 
 Role = Literal["controller", "trainer"]
 
+# glibc's mallopt parameter for the number of malloc arenas, and the controller's value. glibc
+# gives busy threads arenas of their own (up to 8 per core), each keeping its freed memory; with
+# 16 request threads per worker, 2 workers and 10 cached models, the controller's PSS after load
+# was 515 MB with glibc's default, 424-498 MB with 2 arenas and 406 MB with 1, at the same CPU
+# time per answer (the GIL already serializes the request threads' Python).
+_M_ARENA_MAX = -8
+CONTROLLER_MALLOC_ARENAS = 1
+
 
 def _set_torch_threads(threads: int) -> None:
     """Set torch's thread count in this (worker) process."""
     import torch  # Imported here: the gunicorn master never touches torch before forking.
 
     torch.set_num_threads(threads)
+
+
+def _limit_malloc_arenas(arenas: int) -> None:
+    """Cap glibc's malloc arenas in this process (before its threads start), unless
+    ``MALLOC_ARENA_MAX`` already set them; a no-op without glibc."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
 class QuietProbesLogger(glogging.Logger):  # type: ignore[misc]
@@ -124,8 +143,11 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         print(f"listening on {url}", flush=True)
 
     def load(self) -> Any:
-        """In each worker: set torch's threads, then build the app (which may start threads)."""
+        """In each worker: set torch's threads (and, in the controller, malloc's arenas), then
+        build the app (which may start threads)."""
         _set_torch_threads(self.torch_threads)
+        if self.role == "controller":
+            _limit_malloc_arenas(CONTROLLER_MALLOC_ARENAS)
         return self.factory(self.settings)
 
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
@@ -167,19 +189,22 @@ def serve_app(
 
 
 def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
-    """Serve the controller with gunicorn until stopped (``settings.gunicorn_workers`` workers)."""
+    """Serve the controller with gunicorn until stopped: ``settings.gunicorn_workers`` workers of
+    ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each."""
     from cnnswarm.controller.app import create_app
 
     def build(worker_settings: Settings) -> Any:
         return create_app(worker_settings, start_background=True)
 
-    workers = settings.gunicorn_workers
+    # Several workers: one Python per core for parsing, decoding and Flask (the GIL would
+    # serialize them in one process); the scheduler's leader lease keeps background work to one.
+    # One torch thread each: inference batches under load instead of splitting each forward.
     serve_app(
         build,
         settings,
         role="controller",
-        workers=workers,
-        torch_threads=torch_threads_for(settings, sharers=workers),
+        workers=settings.gunicorn_workers,
+        torch_threads=settings.predict_torch_threads,
         url_file=url_file,
     )
 

@@ -1,7 +1,9 @@
-"""Predict under far more concurrency than capacity: a real controller with 4 request threads and
-at most 2 predicts in flight, 200 concurrent clients. Every request is answered within a
-deadline, each answer is 200 or 429/503 with ``Retry-After`` (never a hang, never a 5xx of
-another kind), and the controller's resident memory stays bounded."""
+"""Predict under far more concurrency than capacity: a real controller (2 workers of 4 request
+threads) and 200 concurrent clients. Every request is answered within a deadline, each answer is
+200 or 503 with ``Retry-After`` (shed by queue time: never a hang, never a 5xx of another kind),
+and the controller's resident memory stays bounded. Whether any request waits past the bound
+depends on the machine, so the 503s are allowed, not required (``test_inference_queue.py``
+builds such a queue deterministically)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from chaos_support import FakeTrainer, rss_kib
+from chaos_support import publish_model_by_hand, rss_kib
 from cluster import Cluster, living_group_members
-from cnnswarm.ml.artifact import artifact_to_bytes
-from cnnswarm.ml.datasets import load_builtin
-from cnnswarm.ml.train import train
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -28,40 +27,15 @@ DEADLINE_S = 30.0
 RSS_GROWTH_LIMIT_KIB = 150 * 1024
 
 
-def _publish_model(tmp_path: Path, controller_url: str, client: object) -> str:
-    """Train a tiny model here and publish it through the internal routes as its trainer."""
-    from cnnswarm.client import Client
-
-    assert isinstance(client, Client)
-    job = client.submit_job(
-        dataset="digits",
-        model_type="SmallConvNet",
-        example_idxs=[0, 200],
-        train_opts={"num_epochs": 1},
-    )
-    with FakeTrainer(controller_url) as fake:
-        attempt = fake.wait_dispatch(job["id"])["attempt"]
-    dataset = load_builtin("digits", tmp_path / "data").subset([0, 200])
-    result = train("SmallConvNet", dataset, {"num_epochs": 1})
-    answer = requests.post(
-        f"{controller_url}/internal/v1/jobs/{job['id']}/result",
-        params={"attempt": attempt},
-        data=artifact_to_bytes(result.artifact),
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return str(job["model_id"])
-
-
 def _group_rss_kib(pid: int) -> int:
     return sum(rss_kib(member) for member in living_group_members(pid))
 
 
 def test_predict_overload_answers_fast_and_memory_stays_bounded(tmp_path: Path) -> None:
-    env = {"PREDICT_MAX_INFLIGHT": "2", "GUNICORN_THREADS": "4", "LEASE_TIMEOUT_S": "300"}
+    env = {"PREDICT_MAX_QUEUE_S": "0.5", "GUNICORN_THREADS": "4", "LEASE_TIMEOUT_S": "300"}
     with Cluster(tmp_path / "cluster", env=env) as cluster:
         controller = cluster.start_controller()
-        model_id = _publish_model(tmp_path, controller.url, cluster.client())
+        model_id = publish_model_by_hand(tmp_path, controller.url, cluster.client())
         url = f"{controller.url}/api/v1/models/{model_id}/predict"
         body = {"examples": [[[[0.0] * 8] * 8] * 1] * 8}  # 8 images of 1x8x8
         assert requests.post(url, json=body, timeout=30).status_code == 200  # model loaded
@@ -96,14 +70,13 @@ def test_predict_overload_answers_fast_and_memory_stays_bounded(tmp_path: Path) 
         wall = time.monotonic() - started
         rss_after = _group_rss_kib(controller.pid)
         print(
-            f"\n{CLIENTS} clients x {ROUNDS} predicts (4 threads, 2 in flight): {dict(answers)}; "
+            f"\n{CLIENTS} clients x {ROUNDS} predicts (2 x 4 threads): {dict(answers)}; "
             f"slowest answer {slowest:.2f} s, all in {wall:.1f} s; controller RSS "
             f"{rss_before // 1024} MiB -> {rss_after // 1024} MiB"
         )
         assert sum(answers.values()) == CLIENTS * ROUNDS
         assert set(answers) <= {"200", "503 + Retry-After", "429 + Retry-After"}, answers
         assert answers["200"] > 0
-        assert answers["503 + Retry-After"] + answers["429 + Retry-After"] > 0, answers
         assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
         # Still serving normally afterwards.
         assert requests.post(url, json=body, timeout=30).status_code == 200

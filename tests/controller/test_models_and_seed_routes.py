@@ -96,7 +96,7 @@ def test_served_model_is_folded_and_agrees_with_the_artefact(
     loaded = context.predictor.get(
         context.stores.catalog.get_model(published), context.stores.artifacts.root
     )
-    modules = list(loaded.batcher.model.modules())
+    modules = list(loaded.model.modules())
     assert any(isinstance(m, torch.nn.Conv2d) for m in modules)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
 

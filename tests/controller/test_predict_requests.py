@@ -1,21 +1,27 @@
-"""What predict answers: ``top_k`` rankings, the seed route agreeing with v1, and the
-per-request limits of every input form (exactly at the limit accepted, one more refused)."""
+"""What predict answers: ``top_k`` rankings, the seed route agreeing with v1, the per-request
+limits of every input form (exactly at the limit accepted, one more refused), and 503 with
+``Retry-After`` past the queue-time bound."""
 
 from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cnnswarm.config import Settings
 from cnnswarm.controller.api_schemas import MAX_ITEMS_PER_REQUEST
 from cnnswarm.controller.api_schemas import MAX_SEED_EXAMPLES as MAX_EXAMPLES
-from support import digits_png
+from cnnswarm.controller.app import create_app
+from support import digits_png, wait_until
 
 
 @pytest.fixture
@@ -171,3 +177,59 @@ def test_seed_get_examples_serves_at_most_1000(client: FlaskClient) -> None:
     assert over.status_code == 400, over.json
     assert over.get_json()["field"] == "example_idxs"
     assert str(MAX_EXAMPLES) in over.get_json()["error"]
+
+
+# -- load shedding by queue time -------------------------------------------------------------
+
+
+def test_past_the_queue_time_bound_predict_answers_503_with_retry_after(
+    tmp_path: Path, publish: Callable[[Flask, str, bytes], None], digits_model_bytes: bytes
+) -> None:
+    """A forward pass held open builds a queue; requests queued past ``PREDICT_MAX_QUEUE_S``
+    get 503 with ``Retry-After`` and the error body, the held one is still answered."""
+    app = create_app(Settings(home_dir=tmp_path / "home", predict_max_queue_s=0.3))
+    try:
+        publish(app, "m", digits_model_bytes)
+        client = app.test_client()
+        assert (
+            client.post("/api/v1/models/m/predict", json={"examples": _examples(1)}).status_code
+            == 200
+        )
+        context = app.extensions["cnnswarm"]
+        loaded = context.predictor.get(
+            context.stores.catalog.get_model("m"), context.stores.artifacts.root
+        )
+        gate, entered = threading.Event(), threading.Event()
+        real_forward = loaded.queue.forward
+
+        def held_forward(inputs: torch.Tensor) -> torch.Tensor:
+            entered.set()
+            assert gate.wait(timeout=60)
+            return real_forward(inputs)
+
+        loaded.queue.forward = held_forward
+        answers: dict[int, Any] = {}
+
+        def ask(index: int) -> None:
+            body = {"examples": _examples(1 + index, seed=index)}
+            answers[index] = app.test_client().post("/api/v1/models/m/predict", json=body)
+
+        threads = [threading.Thread(target=ask, args=(0,))]
+        threads[0].start()
+        wait_until(entered.is_set, timeout=30, what="the held forward pass")
+        threads += [threading.Thread(target=ask, args=(i,)) for i in (1, 2, 3)]
+        for thread in threads[1:]:
+            thread.start()
+        wait_until(lambda: len(answers) == 3, timeout=30, what="the queued requests' answers")
+        for index in (1, 2, 3):
+            refused = answers[index]
+            assert refused.status_code == 503
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.get_json()["exception"] == "Overloaded"
+            assert "PREDICT_MAX_QUEUE_S" in refused.get_json()["error"]
+        gate.set()
+        threads[0].join(timeout=60)
+        assert answers[0].status_code == 200
+        assert len(answers[0].get_json()["predictions"]) == 1
+    finally:
+        app.extensions["cnnswarm"].stores.close()

@@ -1,9 +1,8 @@
-"""The predictor: the batcher keeps every request's rows its own, and the model cache serves a
-re-published model or a moved alias fresh in every controller within ``ROW_TTL_S``."""
+"""The predictor's model cache serves a re-published model or a moved alias fresh in every
+controller within ``ROW_TTL_S`` (the inference queue: ``test_inference_queue.py``)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,76 +12,12 @@ import pytest
 import torch
 from flask import Flask
 from flask.testing import FlaskClient
-from torch import nn
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.app import create_app
-from cnnswarm.controller.predictor import ROW_TTL_S, Batcher
+from cnnswarm.controller.predictor import ROW_TTL_S
 from cnnswarm.ml.artifact import artifact_from_bytes, artifact_to_bytes
-from cnnswarm.ml.models import ModelConfig
 from support import wait_until
-
-# -- the batcher ----------------------------------------------------------------------------
-
-
-class _HeldFirstForward(nn.Module):
-    """The real model, whose first forward pass waits until ``ready()`` (so the requests that
-    arrive meanwhile must queue up and be batched)."""
-
-    def __init__(self, model: nn.Module, ready: threading.Event) -> None:
-        super().__init__()
-        self.model = model
-        self.ready = ready
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            assert self.ready.wait(timeout=30), "the other requests never queued up"
-        out: torch.Tensor = self.model(x)
-        return out
-
-
-def test_batched_requests_each_get_their_own_rows() -> None:
-    model = ModelConfig("SmallConvNet", 1, 8, 8, 10).build().eval()
-    rng = np.random.default_rng(0)
-    # Distinct inputs of different sizes, one of them larger than a whole batch.
-    sizes = [1 + i % 7 for i in range(23)] + [20]
-    inputs = [torch.from_numpy(rng.normal(size=(n, 1, 8, 8)).astype(np.float32)) for n in sizes]
-    with torch.inference_mode():
-        expected = [torch.softmax(model(x), dim=1) for x in inputs]
-
-    queued = threading.Event()
-    batcher = Batcher(_HeldFirstForward(model, queued), max_batch=16)
-    results: dict[int, torch.Tensor] = {}
-    errors: list[BaseException] = []
-
-    def ask(i: int) -> None:
-        try:
-            results[i] = batcher.probabilities(inputs[i])
-        except BaseException as exc:  # reported below, with the thread's request
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(inputs))]
-    for thread in threads:
-        thread.start()
-
-    def all_but_the_leader_queued() -> bool:
-        with batcher._lock:  # the batcher's own queue: every request but the running one
-            return len(batcher._pending) == len(inputs) - 1
-
-    wait_until(all_but_the_leader_queued, timeout=30, what="the requests to queue up")
-    queued.set()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not errors, errors
-    assert sorted(results) == list(range(len(inputs)))
-    for i, x in enumerate(inputs):
-        assert results[i].shape == (len(x), 10)
-        torch.testing.assert_close(results[i], expected[i], rtol=1e-4, atol=1e-5)
-    # 23 waiting requests of 88 rows in batches of at most 16 rows: at most 8 more forwards.
-    assert 2 <= batcher.forward_calls <= 9 < len(inputs)
-
 
 # -- stale weights across controllers --------------------------------------------------------
 

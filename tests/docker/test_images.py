@@ -58,19 +58,20 @@ def test_images_are_small_non_root_cpu_only_and_health_checked(
     assert "controller" in help_text and "trainer" in help_text
 
 
-# What the CLI gives torch in a container: (trainer threads, controller threads, CPUs seen).
+# What the CLI gives torch in a container: (trainer threads, trainer threads with one slot per
+# CPU split two ways, CPUs seen). The controller runs PREDICT_TORCH_THREADS, whatever the CPUs.
 THREADS_PROBE = (
     "import os; from cnnswarm.config import load_settings; "
     "from cnnswarm.cpu import torch_threads_for; s = load_settings(); "
     "print(torch_threads_for(s, sharers=s.trainer_slots), "
-    "torch_threads_for(s, sharers=s.gunicorn_workers), len(os.sched_getaffinity(0)))"
+    "torch_threads_for(s, sharers=1), len(os.sched_getaffinity(0)))"
 )
 
 
 @pytest.mark.slow
 def test_torch_threads_follow_the_container_cpu_limit(docker: Any, images: dict[str, str]) -> None:
     """The serving code reads the container's CPU quota (cgroup v2 or v1: this host runs v1)
-    and splits it among job slots (trainer) or gunicorn workers (controller)."""
+    and splits it among a trainer's job slots."""
 
     def threads(*options: str) -> list[int]:
         argv = ["docker", "run", "--rm", *options, images["trainer"], "python3", "-c"]
@@ -79,7 +80,7 @@ def test_torch_threads_follow_the_container_cpu_limit(docker: Any, images: dict[
     assert threads("--cpus", "1")[:2] == [1, 1]
     assert threads("--cpus", "1.5")[:2] == [2, 2]  # a partial CPU rounds up
     assert threads("--cpus", "1", "-e", "TORCH_THREADS=3")[:2] == [3, 3]  # explicit wins
-    split = threads("--cpus", "2", "-e", "TRAINER_SLOTS=2", "-e", "GUNICORN_WORKERS=1")
+    split = threads("--cpus", "2", "-e", "TRAINER_SLOTS=2")
     assert split[:2] == [1, 2]
-    trainer, controller, cpus = threads()  # no limit: the CPUs the container sees
-    assert trainer == controller == cpus
+    trainer, one_slot, cpus = threads()  # no limit: the CPUs the container sees
+    assert trainer == one_slot == cpus

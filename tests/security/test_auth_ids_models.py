@@ -4,8 +4,8 @@ run; hostile ids never reach the filesystem.
 Decision: with a token configured, every non-GET route and every internal route needs it, except
 the read-only POST routes (inference and the seed's data lookups: ``/predict``,
 ``/api/v1/models/<id>/predict``, ``/get_examples``, ``/get_dataset_info``). They change nothing;
-their cost is bounded by admission control (503 + Retry-After past ``predict_max_inflight``) and
-the per-request item limits.
+their cost is bounded by load shedding (503 + Retry-After past ``PREDICT_MAX_QUEUE_S`` of queue
+time) and the per-request item limits.
 """
 
 from __future__ import annotations

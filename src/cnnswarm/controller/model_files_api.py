@@ -88,8 +88,7 @@ def download_torchscript(model_id: str) -> Response:
     resolved, path = _model_file(model_id)
     artifact = load_artifact(path)
     servable_model(artifact, resolved)  # the export must serve what was measured, as predict
-    with ctx().predictor.admitted():  # tracing costs a few forwards: counted as inference
-        exported = torchscript_bytes(artifact)
+    exported = torchscript_bytes(artifact)
     return send_file(
         io.BytesIO(exported),
         mimetype="application/octet-stream",
