@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 if TYPE_CHECKING:
@@ -156,3 +157,23 @@ class MarkerPayload:
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (str(self.marker), "w"))
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a Prometheus text exposition
+    (``None`` when there is no such sample)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def metric_samples(exposition: str, name: str) -> list[dict[str, str]]:
+    """The label sets of every sample named ``name`` in a Prometheus text exposition."""
+    return [
+        sample.labels
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name
+    ]

@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client import CollectorRegistry
 from torch import nn
 
 from cnnswarm.config import Settings
+from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput, Overloaded
 from cnnswarm.ml.artifact import ModelArtifact, load_artifact
 from cnnswarm.ml.inference import fold_batch_norms
@@ -42,6 +44,7 @@ ROW_TTL_S = 1.0
 @dataclass
 class _Request:
     inputs: torch.Tensor
+    queued_at: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
     promoted: bool = False
     outputs: torch.Tensor | None = None
@@ -57,9 +60,12 @@ class _Request:
 class Batcher:
     """Runs one model's forward passes, merging requests that arrive while it is busy."""
 
-    def __init__(self, model: nn.Module, max_batch: int) -> None:
+    def __init__(
+        self, model: nn.Module, max_batch: int, metrics: ControllerMetrics | None = None
+    ) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.metrics = metrics or _metrics_off()
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._busy = False
@@ -100,6 +106,10 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         try:
             inputs = batch[0].inputs if len(batch) == 1 else torch.cat([r.inputs for r in batch])
+            started = time.perf_counter()
+            for request in batch:
+                self.metrics.observe_queue_wait(started - request.queued_at)
+            self.metrics.observe_batch(len(inputs))
             with torch.inference_mode():
                 probs = torch.softmax(self.model(inputs).float(), dim=1)
             self.forward_calls += 1
@@ -143,8 +153,9 @@ def _cache_key(model_row: Mapping[str, Any]) -> _CacheKey:
 class Predictor:
     """The model cache and admission control of one controller process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: ControllerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or _metrics_off()
         self._lock = threading.Lock()
         self._models: OrderedDict[_CacheKey, LoadedModel] = OrderedDict()
         self._loading: dict[_CacheKey, threading.Lock] = {}
@@ -191,6 +202,7 @@ class Predictor:
                     self._models[key] = loaded
                     while len(self._models) > self.settings.predict_cache_models:
                         self._models.popitem(last=False)
+                    self.metrics.model_loaded(len(self._models))
         return loaded
 
     def _load(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
@@ -202,7 +214,7 @@ class Predictor:
             model_id=str(model_row["id"]),
             classes=list(artifact.classes),
             preprocessing=prep,
-            batcher=Batcher(model, self.settings.predict_max_batch),
+            batcher=Batcher(model, self.settings.predict_max_batch, self.metrics),
         )
 
     def forget(self, model_id: str) -> None:
@@ -211,12 +223,14 @@ class Predictor:
             for key in [k for k in self._models if k[0] == model_id]:
                 del self._models[key]
             self._rows.clear()
+            self.metrics.cache_size(len(self._models))
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
         """Run the block as one of at most ``predict_max_inflight`` inference requests;
         ``Overloaded`` (503 with ``Retry-After``) when that many are already running."""
         if not self._inflight.acquire(blocking=False):
+            self.metrics.count_rejected()
             raise Overloaded(
                 f"more than {self.settings.predict_max_inflight} predict requests in flight; "
                 "retry shortly",
@@ -243,6 +257,11 @@ class Predictor:
             ]
             predictions.append({**ranked[0], "top_k": ranked})
         return predictions
+
+
+def _metrics_off() -> ControllerMetrics:
+    """Metrics that record nothing (a predictor or batcher built without the app's)."""
+    return ControllerMetrics(CollectorRegistry(), enabled=False)
 
 
 def servable_model(artifact: ModelArtifact, model_id: str) -> nn.Module:
