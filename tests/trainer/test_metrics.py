@@ -102,6 +102,17 @@ def test_a_fresh_attempt_counts_every_epoch_it_finishes() -> None:
     assert job.count_new_epochs(progress_message(1.0, 3, _epochs(1, 2, 3))) == 2
 
 
+def test_images_per_second_sums_the_last_epoch_of_each_running_job(
+    fake_controller: Any, make_settings: Callable[..., Settings]
+) -> None:
+    runner = service(create_app(make_settings(fake_controller.url))).runner
+    for key, rates in {("a", 1): [50.0, 100.0], ("b", 1): [30.0], ("c", 1): []}.items():
+        job = _job()
+        job.metrics = [{"epoch": i + 1, "images_per_s": rate} for i, rate in enumerate(rates)]
+        runner._jobs[key] = job
+    assert runner.training_images_per_s() == 130.0
+
+
 def test_a_resumed_attempt_counts_only_its_own_epochs() -> None:
     job = _job()
     # Resumed in epoch 3: epochs 1 and 2 were trained (and counted) by earlier attempts.
