@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -177,3 +178,12 @@ def metric_samples(exposition: str, name: str) -> list[dict[str, str]]:
         for sample in family.samples
         if sample.name == name
     ]
+
+
+GRAFANA_DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "cnn-swarm.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard's panels (deploy/grafana)."""
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from cluster import Cluster
-from support import free_port, wait_until
+from support import dashboard_queries, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -159,5 +159,12 @@ def test_prometheus_sees_jobs_predictions_and_trainers(cluster: Cluster, tmp_pat
             "histogram_quantile(0.99, sum by (le) (cnnswarm_predict_duration_seconds_bucket))",
         )
         assert p99 is not None and 0 < p99 < math.inf
+        for promql in dashboard_queries():  # every Grafana panel's query evaluates
+            answer = requests.get(
+                f"{prometheus}/api/v1/query",
+                params={"query": promql.replace("$__rate_interval", "1m")},
+                timeout=5,
+            )
+            assert answer.status_code == 200 and answer.json()["status"] == "success", promql
         # Live throughput: these jobs are too short for a scrape to catch one mid-run reliably.
         assert query(prometheus, "cnnswarm_trainer_images_per_second") is not None
