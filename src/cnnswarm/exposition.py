@@ -1,5 +1,8 @@
 """Prometheus metrics shared by both roles: ``GET /metrics`` and HTTP requests by route.
 
+Metric work stays off the hot path: a request costs one counter increment (a memory-mapped
+write in multiprocess mode), with its labelled child found in a dict (``CounterChildren``).
+
 Each app builds its metric objects in a ``CollectorRegistry`` of its own (never at import time,
 never in the global registry: two apps in one process, as in the tests, count apart).
 
@@ -21,15 +24,13 @@ path; a request that matches no rule counts as ``<unmatched>``; an unknown metho
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -39,8 +40,6 @@ from prometheus_client.registry import Collector
 
 from cnnswarm.metrics_dir import ENV_VAR
 
-# Seconds: from a health probe (~1 ms) to a large upload.
-HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -99,32 +98,37 @@ class AppMetrics:
             return Response(self.exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
-def _count_requests(app: Flask, registry: CollectorRegistry) -> None:
-    requests_total = Counter(
-        "cnnswarm_http_requests_total",
-        "HTTP requests answered, by route template, method and status",
-        ["route", "method", "status"],
-        registry=registry,
-    )
-    duration = Histogram(
-        "cnnswarm_http_request_duration_seconds",
-        "Time to build each response (streamed bodies excluded), by route template",
-        ["route"],
-        buckets=HTTP_BUCKETS,
-        registry=registry,
-    )
+class CounterChildren:
+    """``counter.labels(*values)`` for hot paths: each child is looked up once (``labels``
+    validates its arguments on every call), then found in a dict."""
 
-    @app.before_request
-    def _started() -> None:
-        g.metrics_started_at = time.perf_counter()
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *values: str) -> Counter:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._counter.labels(*values)
+        return child
+
+
+def _count_requests(app: Flask, registry: CollectorRegistry) -> None:
+    # A counter only: a per-route duration histogram would cost every request (predict among
+    # them) two more writes; predict has its own latency histogram.
+    requests_total = CounterChildren(
+        Counter(
+            "cnnswarm_http_requests_total",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+    )
 
     @app.after_request
     def _answered(response: Response) -> Response:
         rule = request.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        requests_total.labels(route, method, str(response.status_code)).inc()
-        started = g.get("metrics_started_at")
-        if started is not None:
-            duration.labels(route).observe(time.perf_counter() - started)
+        requests_total(route, method, str(response.status_code)).inc()
         return response

@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import Metric
 from werkzeug.exceptions import HTTPException
 
 from cnnswarm.errors import CnnSwarmError
-from cnnswarm.exposition import ScrapeCollector
+from cnnswarm.exposition import CounterChildren, ScrapeCollector
 from cnnswarm.store import Stores
 from cnnswarm.store.jobs import Job
 
@@ -100,11 +100,13 @@ class ControllerMetrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
-        self.predict_requests = Counter(
-            "cnnswarm_predict_requests_total",
-            "Predict requests answered, by model and HTTP status",
-            ["model", "status"],
-            registry=registry,
+        self.predict_requests = CounterChildren(
+            Counter(
+                "cnnswarm_predict_requests_total",
+                "Predict requests answered, by model and HTTP status",
+                ["model", "status"],
+                registry=registry,
+            )
         )
         self.predict_latency = Histogram(
             "cnnswarm_predict_duration_seconds",
@@ -178,16 +180,16 @@ class ControllerMetrics:
         try:
             yield outcome
         except CnnSwarmError as error:
-            self.predict_requests.labels(outcome.model, str(error.status)).inc()
+            self.predict_requests(outcome.model, str(error.status)).inc()
             raise
         except HTTPException as error:
-            self.predict_requests.labels(outcome.model, str(error.code or 500)).inc()
+            self.predict_requests(outcome.model, str(error.code or 500)).inc()
             raise
         except Exception:
-            self.predict_requests.labels(outcome.model, "500").inc()
+            self.predict_requests(outcome.model, "500").inc()
             raise
         self.predict_latency.observe(time.perf_counter() - started)
-        self.predict_requests.labels(outcome.model, "200").inc()
+        self.predict_requests(outcome.model, "200").inc()
 
     def observe_queue_wait(self, seconds: float) -> None:
         """A predict request's inputs waited ``seconds`` before their forward pass started."""
