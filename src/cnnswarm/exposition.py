@@ -1,7 +1,8 @@
 """Prometheus metrics shared by both roles: ``GET /metrics`` and HTTP requests by route.
 
-Metric work stays off the hot path: a request costs one counter increment (a memory-mapped
-write in multiprocess mode), with its labelled child found in a dict (``CounterChildren``).
+Metric work stays off the hot path: series that requests record are buffered
+(``cnnswarm.metric_buffers``): a request appends to a queue, and the queues are written when
+``/metrics`` is read and, in multiprocess mode, every second.
 
 Each app builds its metric objects in a ``CollectorRegistry`` of its own (never at import time,
 never in the global registry: two apps in one process, as in the tests, count apart).
@@ -31,6 +32,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -38,6 +40,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from cnnswarm.lifecycle import on_stop
+from cnnswarm.metric_buffers import (
+    Buffer,
+    BufferedCounter,
+    BufferedHistogram,
+    Flusher,
+    flush_all,
+)
 from cnnswarm.metrics_dir import ENV_VAR
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -69,6 +79,31 @@ class AppMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.scrape_collectors: list[Collector] = []
+        self.buffers: list[Buffer] = []
+
+    def buffered_counter(self, counter: Counter) -> BufferedCounter:
+        """``counter`` for hot paths: increments queued, written by ``flush``."""
+        buffered = BufferedCounter(counter)
+        self.buffers.append(buffered)
+        return buffered
+
+    def buffered_histogram(self, histogram: Histogram) -> BufferedHistogram:
+        """``histogram`` (unlabelled) for hot paths: observations queued, written by ``flush``."""
+        buffered = BufferedHistogram(histogram)
+        self.buffers.append(buffered)
+        return buffered
+
+    def flush(self) -> None:
+        """Write what this process's buffers hold."""
+        flush_all(self.buffers)
+
+    def start_flushing(self, app: Flask) -> None:
+        """In multiprocess mode, flush every ``FLUSH_INTERVAL_S`` (sibling workers answer
+        scrapes too) until ``app``'s process stops; a no-op otherwise (scrapes flush)."""
+        if self.enabled and multiprocess_mode():
+            flusher = Flusher(self.buffers)
+            flusher.start()
+            on_stop(app, flusher.stop)
 
     def add_scrape_collector(self, collector: Collector) -> None:
         """Have ``collector`` read at every scrape (by the process that answers it)."""
@@ -79,6 +114,7 @@ class AppMetrics:
     def exposition(self) -> bytes:
         """The text format of every series: this process's registry, or in multiprocess mode
         the sum over all workers' files plus this process's scrape-time collectors."""
+        self.flush()
         if not multiprocess_mode():
             return generate_latest(self.registry)
         registry = CollectorRegistry(auto_describe=False)
@@ -91,37 +127,22 @@ class AppMetrics:
         """Serve ``GET /metrics`` and count ``app``'s requests by route (nothing when off)."""
         if not self.enabled:
             return
-        _count_requests(app, self.registry)
+        _count_requests(app, self)
 
         @app.get("/metrics")
         def metrics() -> Response:
             return Response(self.exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
-class CounterChildren:
-    """``counter.labels(*values)`` for hot paths: each child is looked up once (``labels``
-    validates its arguments on every call), then found in a dict."""
-
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
-        self._children: dict[tuple[str, ...], Counter] = {}
-
-    def __call__(self, *values: str) -> Counter:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._counter.labels(*values)
-        return child
-
-
-def _count_requests(app: Flask, registry: CollectorRegistry) -> None:
+def _count_requests(app: Flask, metrics: AppMetrics) -> None:
     # A counter only: a per-route duration histogram would cost every request (predict among
-    # them) two more writes; predict has its own latency histogram.
-    requests_total = CounterChildren(
+    # them) more; predict has its own latency histogram.
+    requests_total = metrics.buffered_counter(
         Counter(
             "cnnswarm_http_requests_total",
             "HTTP requests answered, by route template, method and status",
             ["route", "method", "status"],
-            registry=registry,
+            registry=metrics.registry,
         )
     )
 
@@ -130,5 +151,5 @@ def _count_requests(app: Flask, registry: CollectorRegistry) -> None:
         rule = request.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        requests_total(route, method, str(response.status_code)).inc()
+        requests_total.inc(route, method, str(response.status_code))
         return response

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if swept:
         log.info("removed %d temp file(s) left by interrupted writes", swept)
     app_metrics = AppMetrics(enabled=settings.metrics_enabled)
-    metrics = ControllerMetrics(app_metrics.registry, enabled=settings.metrics_enabled)
+    metrics = ControllerMetrics(app_metrics)
     app_metrics.add_scrape_collector(database_collector(stores, settings.lease_timeout_s))
     context = ControllerContext(
         settings=settings,
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if start_background:
         context.scheduler.start()
         on_stop(app, context.scheduler.stop)
+        app_metrics.start_flushing(app)
     context.ready = True
     return app
 

@@ -28,13 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from werkzeug.exceptions import HTTPException
 
 from cnnswarm.errors import CnnSwarmError
-from cnnswarm.exposition import CounterChildren, ScrapeCollector
+from cnnswarm.exposition import AppMetrics, ScrapeCollector
 from cnnswarm.store import Stores
 from cnnswarm.store.jobs import Job
 
@@ -64,11 +64,12 @@ class PredictOutcome:
 
 
 class ControllerMetrics:
-    """The controller's event series in ``registry``; with ``enabled`` false every method
-    returns at once."""
+    """The controller's event series, in ``app_metrics``' registry; with metrics off every
+    method returns at once."""
 
-    def __init__(self, registry: CollectorRegistry, *, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, app_metrics: AppMetrics) -> None:
+        self.enabled = app_metrics.enabled
+        registry = app_metrics.registry
         self.job_attempts = Counter(
             "cnnswarm_job_attempts_total",
             "Job attempts started (a job claimed and dispatched to a trainer)",
@@ -100,7 +101,8 @@ class ControllerMetrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
-        self.predict_requests = CounterChildren(
+        # Recorded by every predict: buffered (``cnnswarm.metric_buffers``).
+        self.predict_requests = app_metrics.buffered_counter(
             Counter(
                 "cnnswarm_predict_requests_total",
                 "Predict requests answered, by model and HTTP status",
@@ -108,23 +110,29 @@ class ControllerMetrics:
                 registry=registry,
             )
         )
-        self.predict_latency = Histogram(
-            "cnnswarm_predict_duration_seconds",
-            "Time to answer a successful predict request (decode, queue, forward, answer body)",
-            buckets=PREDICT_BUCKETS,
-            registry=registry,
+        self.predict_latency = app_metrics.buffered_histogram(
+            Histogram(
+                "cnnswarm_predict_duration_seconds",
+                "Time to answer a successful predict request (decode, queue, forward, answer body)",
+                buckets=PREDICT_BUCKETS,
+                registry=registry,
+            )
         )
-        self.predict_queue_wait = Histogram(
-            "cnnswarm_predict_queue_seconds",
-            "Time a predict request's inputs waited for the model's forward pass",
-            buckets=PREDICT_QUEUE_BUCKETS,
-            registry=registry,
+        self.predict_queue_wait = app_metrics.buffered_histogram(
+            Histogram(
+                "cnnswarm_predict_queue_seconds",
+                "Time a predict request's inputs waited for the model's forward pass",
+                buckets=PREDICT_QUEUE_BUCKETS,
+                registry=registry,
+            )
         )
-        self.predict_batch_size = Histogram(
-            "cnnswarm_predict_batch_size",
-            "Input rows per forward pass (requests merged into one batch)",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
+        self.predict_batch_size = app_metrics.buffered_histogram(
+            Histogram(
+                "cnnswarm_predict_batch_size",
+                "Input rows per forward pass (requests merged into one batch)",
+                buckets=BATCH_SIZE_BUCKETS,
+                registry=registry,
+            )
         )
         self.predict_rejected = Counter(
             "cnnswarm_predict_rejected_total",
@@ -180,16 +188,16 @@ class ControllerMetrics:
         try:
             yield outcome
         except CnnSwarmError as error:
-            self.predict_requests(outcome.model, str(error.status)).inc()
+            self.predict_requests.inc(outcome.model, str(error.status))
             raise
         except HTTPException as error:
-            self.predict_requests(outcome.model, str(error.code or 500)).inc()
+            self.predict_requests.inc(outcome.model, str(error.code or 500))
             raise
         except Exception:
-            self.predict_requests(outcome.model, "500").inc()
+            self.predict_requests.inc(outcome.model, "500")
             raise
         self.predict_latency.observe(time.perf_counter() - started)
-        self.predict_requests(outcome.model, "200").inc()
+        self.predict_requests.inc(outcome.model, "200")
 
     def observe_queue_wait(self, seconds: float) -> None:
         """A predict request's inputs waited ``seconds`` before their forward pass started."""

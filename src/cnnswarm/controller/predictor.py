@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import CollectorRegistry
 from torch import nn
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput, Overloaded
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.ml.artifact import ModelArtifact, load_artifact
 from cnnswarm.ml.inference import fold_batch_norms
 from cnnswarm.ml.models import needs_calibration
@@ -261,7 +261,7 @@ class Predictor:
 
 def _metrics_off() -> ControllerMetrics:
     """Metrics that record nothing (a predictor or batcher built without the app's)."""
-    return ControllerMetrics(CollectorRegistry(), enabled=False)
+    return ControllerMetrics(AppMetrics(enabled=False))
 
 
 def servable_model(artifact: ModelArtifact, model_id: str) -> nn.Module:

@@ -22,11 +22,11 @@ import uuid
 from dataclasses import dataclass
 
 import requests
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.metrics import ControllerMetrics, RequeueReason
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import auth_headers
 from cnnswarm.protocol import Dispatch
 from cnnswarm.store import Stores
@@ -47,7 +47,7 @@ class Scheduler:
     ) -> None:
         self.settings = settings
         self.stores = stores
-        self.metrics = metrics or ControllerMetrics(CollectorRegistry(), enabled=False)
+        self.metrics = metrics or ControllerMetrics(AppMetrics(enabled=False))
         self.holder = f"controller-{uuid.uuid4().hex[:12]}"
         self.is_leader = False
         self._wake = threading.Event()

@@ -186,6 +186,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if start_background:
         service.start()
         on_stop(app, service.stop)
+        app_metrics.start_flushing(app)
     return app
 
 
