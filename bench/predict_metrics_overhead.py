@@ -8,7 +8,9 @@ metrics off (no ``/metrics`` route, no request hooks, every recording call retur
 Both serve the same ResNet8 (trained here one epoch on ``synthetic``, published through each
 app's own routes as a trainer does); ``--requests`` one-image multipart PNG predicts go through
 Flask's test client to each, in interleaved rounds (on first in even rounds, off first in odd
-ones), and a round's ratio is on/off of images/s (wall time) and of CPU time per image.
+ones), and a round's ratio is on/off of images/s (wall time) and of CPU time per image. It also
+prints the CPU time of one predict's metric calls alone (record and flush), the cost that a
+loaded machine's round-to-round noise hides.
 
 ``--servers``: two REAL controllers instead (gunicorn, one worker each, ephemeral ports), with
 ``--clients`` keep-alive client threads for ``--seconds`` per side per round, and the servers'
@@ -101,6 +103,34 @@ def in_process(root: Path, artefact: bytes, payload: Payload, requests: int) -> 
     return measure
 
 
+def metric_calls_us(repeats: int = 20000) -> float:
+    """CPU microseconds of what one predict records with metrics on (request, queue wait,
+    batch, HTTP counter), its share of the flushes included: the cost in isolation, which a
+    loaded machine's round-to-round noise hides."""
+    from prometheus_client import Counter
+
+    from cnnswarm.controller.metrics import ControllerMetrics
+    from cnnswarm.exposition import AppMetrics
+
+    app_metrics = AppMetrics(enabled=True)
+    metrics = ControllerMetrics(app_metrics)
+    http = app_metrics.buffered_counter(
+        Counter("bench_http_total", "bench", ["route", "method", "status"], registry=None)
+    )
+    samples = []
+    for _ in range(9):
+        started = time.thread_time()
+        for _ in range(repeats):
+            with metrics.predict_request() as observed:
+                observed.model = MODEL_ID
+            metrics.observe_queue_wait(0.001)
+            metrics.observe_batch(1)
+            http.inc(PATH, "POST", "200")
+        app_metrics.flush()
+        samples.append(1e6 * (time.thread_time() - started) / repeats)
+    return statistics.median(samples)
+
+
 def interleaved(measure: Measure, rounds: int) -> None:
     """Run ``rounds`` rounds of both sides (alternating which goes first); print the figures."""
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -150,6 +180,7 @@ def main() -> None:
         print(f"trained in {time.perf_counter() - started:.1f}s", flush=True)
         payload = payloads(uint8_image, image)[0]  # multipart PNG, what curl and the CLI send
         if not args.servers:
+            print(f"metric calls per predict, alone: {metric_calls_us():.1f} us of CPU")
             interleaved(in_process(root, artefact, payload, args.requests), args.rounds)
             return
         with (
