@@ -12,9 +12,10 @@ ones), and a round's ratio is on/off of images/s (wall time) and of CPU time per
 prints the CPU time of one predict's metric calls alone (record and flush), the cost that a
 loaded machine's round-to-round noise hides.
 
-``--servers``: two REAL controllers instead (gunicorn, one worker each, ephemeral ports), with
-``--clients`` keep-alive client threads for ``--seconds`` per side per round, and the servers'
-CPU time per image (user + system of their process trees).
+``--control``: both apps with metrics off (an A/A run: what the method reads when nothing
+differs). ``--servers``: two REAL controllers instead (gunicorn, one worker each, ephemeral
+ports), with ``--clients`` keep-alive client threads for ``--seconds`` per side per round, and
+the servers' CPU time per image (user + system of their process trees).
 
 The last line is
 
@@ -71,14 +72,18 @@ def controller(home: Path, threads: int, *, metrics: bool) -> Iterator[tuple[str
 Measure = Callable[[str], tuple[float, float]]  # side -> (images/s, CPU ms per image)
 
 
-def in_process(root: Path, artefact: bytes, payload: Payload, requests: int) -> Measure:
-    """Two apps in this process, metrics on and off; returns the measuring function."""
+def in_process(
+    root: Path, artefact: bytes, payload: Payload, requests: int, *, control: bool = False
+) -> Measure:
+    """Two apps in this process, metrics on and off (both off with ``control``: the method's
+    own bias); returns the measuring function."""
     from cnnswarm.config import Settings
     from cnnswarm.controller.app import create_app
 
     clients = {}
     for side in SIDES:
-        app = create_app(Settings(home_dir=root / side, metrics_enabled=side == "on"))
+        enabled = side == "on" and not control
+        app = create_app(Settings(home_dir=root / side, metrics_enabled=enabled))
         client = app.test_client()
         job_id = client.post("/api/v1/jobs", json={"dataset": "synthetic", "model_id": MODEL_ID})
         job_id = job_id.get_json()["id"]
@@ -95,11 +100,12 @@ def in_process(root: Path, artefact: bytes, payload: Payload, requests: int) -> 
             answer = client.post(PATH, data=payload.body, content_type=payload.content_type)
             assert answer.status_code == 200, answer.get_data(as_text=True)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        client.get("/metrics")  # a scrape, as Prometheus's (404 with metrics off)
         return requests / wall, 1e3 * cpu / requests
 
     for side in SIDES:  # load the model, warm every path
         clients[side].post(PATH, data=payload.body, content_type=payload.content_type)
-    assert any((root / "metrics").glob("counter_*.db")), "metrics on must write its files"
+    assert control or any((root / "metrics").glob("counter_*.db")), "metrics on write files"
     return measure
 
 
@@ -161,6 +167,7 @@ def interleaved(measure: Measure, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", action="store_true", help="two gunicorn controllers")
+    parser.add_argument("--control", action="store_true", help="in-process, both sides off")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--requests", type=int, default=300, help="per side per round")
     parser.add_argument("--seconds", type=float, default=3.0, help="--servers: per side")
@@ -181,7 +188,8 @@ def main() -> None:
         payload = payloads(uint8_image, image)[0]  # multipart PNG, what curl and the CLI send
         if not args.servers:
             print(f"metric calls per predict, alone: {metric_calls_us():.1f} us of CPU")
-            interleaved(in_process(root, artefact, payload, args.requests), args.rounds)
+            measure = in_process(root, artefact, payload, args.requests, control=args.control)
+            interleaved(measure, args.rounds)
             return
         with (
             controller(root / "on", args.threads, metrics=True) as on,

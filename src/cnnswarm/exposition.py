@@ -98,9 +98,9 @@ class AppMetrics:
         flush_all(self.buffers)
 
     def start_flushing(self, app: Flask) -> None:
-        """In multiprocess mode, flush every ``FLUSH_INTERVAL_S`` (sibling workers answer
-        scrapes too) until ``app``'s process stops; a no-op otherwise (scrapes flush)."""
-        if self.enabled and multiprocess_mode():
+        """Flush every ``FLUSH_INTERVAL_S`` until ``app``'s process stops: sibling workers
+        answer scrapes too, and the queues stay short when nobody scrapes."""
+        if self.enabled:
             flusher = Flusher(self.buffers)
             flusher.start()
             on_stop(app, flusher.stop)

@@ -7,9 +7,10 @@ GIL, no lock); ``flush`` drains the queues and writes each label set's count, an
 bucket's, once.
 
 Guarantees: nothing recorded is lost while the process lives; ``flush`` runs before this process
-answers ``/metrics`` (so a single-process app's scrape is exact) and, in multiprocess mode, every
-``FLUSH_INTERVAL_S`` in a background thread (so a scrape answered by a sibling worker lags by at
-most that much). A worker killed outright loses what it had not flushed (at most that interval).
+answers ``/metrics`` (so a single-process app's scrape is exact) and every ``FLUSH_INTERVAL_S`` in
+a background thread of a served app (so a scrape answered by a sibling worker lags by at most that
+much, and the queues stay short when nobody scrapes). A worker killed outright loses what it had
+not flushed (at most that interval).
 """
 
 from __future__ import annotations
