@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit venv clean browser
+.PHONY: run test lint typecheck unit venv clean browser prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/cnn-swarm up --trainers 2
 
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
-test: lint typecheck browser
+test: lint typecheck browser prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -39,6 +39,14 @@ browser:
 		&& apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
 		|| echo "chromium or chromium-driver is missing and cannot be installed here: the browser tests will skip"
+
+## Debian's prometheus for the metrics e2e test (a real server scraping a real cluster); installed
+## when missing and we may (root), else that test skips (under CI=true it fails instead).
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } \
+		|| echo "prometheus is missing and cannot be installed here: the Prometheus e2e test will skip"
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

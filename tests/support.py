@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 if TYPE_CHECKING:
@@ -190,3 +192,32 @@ class MarkerPayload:
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (str(self.marker), "w"))
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a Prometheus text exposition
+    (``None`` when there is no such sample)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def metric_samples(exposition: str, name: str) -> list[dict[str, str]]:
+    """The label sets of every sample named ``name`` in a Prometheus text exposition."""
+    return [
+        sample.labels
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+GRAFANA_DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "cnn-swarm.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard's panels (deploy/grafana)."""
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]

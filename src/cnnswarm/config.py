@@ -67,6 +67,8 @@ DEFAULTS: dict[str, str] = {
     "GUNICORN_WORKERS": "2",
     "GUNICORN_THREADS": "16",
     "SUBNET_TRAIN": "",
+    # GET /metrics (Prometheus) and the series behind it, on both roles.
+    "METRICS_ENABLED": "1",
 }
 
 
@@ -116,6 +118,7 @@ class Settings:
     gunicorn_threads: int = 16
     # Accepted for seed compatibility and ignored: nothing scans address ranges.
     subnet_train: str = ""
+    metrics_enabled: bool = True
 
     @property
     def resolved_controller_url(self) -> str:
@@ -254,6 +257,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gunicorn_workers=_int(env, "GUNICORN_WORKERS", minimum=1),
         gunicorn_threads=_int(env, "GUNICORN_THREADS", minimum=1),
         subnet_train=_get(env, "SUBNET_TRAIN"),
+        metrics_enabled=_bool(env, "METRICS_ENABLED"),
     )
 
 

@@ -30,13 +30,14 @@ from cnnswarm.atomic import write_text_atomically
 from cnnswarm.config import Settings, check_token_policy
 from cnnswarm.cpu import check_coordination_dir, torch_threads_for
 from cnnswarm.lifecycle import stop_all
+from cnnswarm.metrics_dir import mark_worker_dead, use_multiprocess_dir, use_single_process
 
 # A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
 # while requests run, so this bounds a hung worker, not a long upload or a long SSE stream.
 WORKER_TIMEOUT_S = 300
 GRACEFUL_TIMEOUT_S = 30
-# Successful requests to these paths are not access-logged (heartbeats, health probes).
-QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz"})
+# Successful requests to these paths are not access-logged (heartbeats, probes, scrapes).
+QUIET_PATHS = frozenset({"/internal/v1/heartbeat", "/healthz", "/readyz", "/metrics"})
 
 Role = Literal["controller", "trainer"]
 
@@ -124,6 +125,7 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
             "proc_name": f"cnn-swarm-{self.role}",
             "when_ready": self._when_ready,
             "worker_exit": self._worker_exit,
+            "child_exit": self._child_exit,
         }
         # gunicorn >= 25.1 opens one control socket per user by default; several servers on
         # one machine (`cnn-swarm up`) would fight over it, and nothing here uses it.
@@ -155,6 +157,11 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
         app = getattr(worker, "wsgi", None)
         if app is not None:  # None when the factory itself failed: nothing was started
             stop_all(app)
+
+    def _child_exit(self, arbiter: Any, worker: Any) -> None:
+        """In the master, once a worker has exited: its live gauges leave the metric totals."""
+        if self.role == "controller":
+            mark_worker_dead(worker.pid)
 
 
 def _reachable_host(host: str) -> str:
@@ -190,7 +197,9 @@ def serve_app(
 
 def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
     """Serve the controller with gunicorn until stopped: ``settings.gunicorn_workers`` workers of
-    ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each."""
+    ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each,
+    their metrics added up through a folder of this instance (``cnnswarm.metrics_dir``)."""
+    metrics_dir = use_multiprocess_dir("controller")  # before prometheus_client is imported
     from cnnswarm.controller.app import create_app
 
     def build(worker_settings: Settings) -> Any:
@@ -199,19 +208,24 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     # Several workers: one Python per core for parsing, decoding and Flask (the GIL would
     # serialize them in one process); the scheduler's leader lease keeps background work to one.
     # One torch thread each: inference batches under load instead of splitting each forward.
-    serve_app(
-        build,
-        settings,
-        role="controller",
-        workers=settings.gunicorn_workers,
-        torch_threads=settings.predict_torch_threads,
-        url_file=url_file,
-    )
+    try:
+        serve_app(
+            build,
+            settings,
+            role="controller",
+            workers=settings.gunicorn_workers,
+            torch_threads=settings.predict_torch_threads,
+            url_file=url_file,
+        )
+    finally:
+        metrics_dir.remove()
 
 
 def serve_trainer(settings: Settings, *, url_file: Path | None = None) -> None:
     """Serve a trainer with gunicorn until stopped. Always one worker: the worker owns the job
-    table and the heartbeat thread, and two would announce one trainer twice."""
+    table and the heartbeat thread, and two would announce one trainer twice. Its metrics live
+    in that worker (job processes report to it), so they need no multiprocess folder."""
+    use_single_process()  # before prometheus_client is imported
     from cnnswarm.trainer.app import create_app
 
     def build(worker_settings: Settings) -> Any:

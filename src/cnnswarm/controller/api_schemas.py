@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.train_options import TrainOptions
 from cnnswarm.protocol import ExampleIdxs, SafeId
+from cnnswarm.store.attempts import AttemptEnd
 from cnnswarm.store.job_records import JobState
 
 MAX_ITEMS_PER_REQUEST = 256  # images or examples in one v1 predict request
@@ -287,6 +288,30 @@ EpochMetrics = Annotated[
 ]
 
 
+class JobAttempt(BaseModel):
+    """One attempt of a job: a dispatch to a trainer, from its claim to its end."""
+
+    model_config = ANSWER
+
+    attempt: int
+    trainer: str | None
+    started_at: float
+    ended_at: Annotated[float | None, Field(description="null while it runs")]
+    outcome: Annotated[
+        AttemptEnd | None,
+        Field(
+            description="how it ended: succeeded, failed (the job failed), trainer_failure (its "
+            "process died; requeued), lease_lost (its trainer stopped renewing the lease), "
+            "cancelled; null while it runs"
+        ),
+    ]
+    reason: Annotated[str | None, Field(description="the error or why the lease was lost")]
+    resumed_from_attempt: Annotated[
+        int | None, Field(description="the attempt whose checkpoint it resumed from")
+    ]
+    checkpointed: Annotated[bool, Field(description="it stored a checkpoint")]
+
+
 class Job(BaseModel):
     """A training job."""
 
@@ -313,6 +338,10 @@ class Job(BaseModel):
     updated_at: float
     queue_position: Annotated[int | None, Field(description="while queued: jobs ahead")] = None
     waiting_reason: Annotated[str | None, Field(description="while queued: why")] = None
+    attempts: Annotated[
+        list[JobAttempt] | None,
+        Field(description="one job's answer only (not listings): every attempt, oldest first"),
+    ] = None
 
 
 class JobList(BaseModel):

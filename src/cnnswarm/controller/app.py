@@ -1,6 +1,7 @@
 """The controller app factory.
 
-``create_app(settings)`` opens the stores and wires the routes; it starts nothing.
+``create_app(settings)`` opens the stores and wires the routes (and ``/metrics``, see
+``controller.metrics``); it starts nothing.
 ``create_app(settings, start_background=True)`` (what gunicorn runs in each worker) also
 starts the scheduler thread and registers its stop (``lifecycle.on_stop``: the leader lease is
 handed over when the worker exits). ``/readyz`` answers 503 until the database answered and,
@@ -29,9 +30,11 @@ from cnnswarm.controller import (
 )
 from cnnswarm.controller.context import ControllerContext, ctx
 from cnnswarm.controller.datasets import DatasetService
+from cnnswarm.controller.metrics import ControllerMetrics, database_collector
 from cnnswarm.controller.openapi import build_openapi
 from cnnswarm.controller.predictor import Predictor
 from cnnswarm.controller.scheduler import Scheduler
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import register_error_handlers
 from cnnswarm.lifecycle import on_stop
 from cnnswarm.store import open_stores
@@ -48,18 +51,23 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     swept = stores.artifacts.sweep_temp_files()
     if swept:
         log.info("removed %d temp file(s) left by interrupted writes", swept)
+    app_metrics = AppMetrics(enabled=settings.metrics_enabled)
+    metrics = ControllerMetrics(app_metrics)
+    app_metrics.add_scrape_collector(database_collector(stores, settings.lease_timeout_s))
     context = ControllerContext(
         settings=settings,
         stores=stores,
         datasets=DatasetService(settings, stores),
-        scheduler=Scheduler(settings, stores),
-        predictor=Predictor(settings),
+        scheduler=Scheduler(settings, stores, metrics),
+        predictor=Predictor(settings, metrics),
+        metrics=metrics,
     )
     app = Flask(__name__)
     # Larger bodies get 413 from werkzeug before they are read.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["cnnswarm"] = context
     register_error_handlers(app)
+    app_metrics.install(app)
     for blueprint in (
         seed_routes.bp,
         jobs_api.bp,
@@ -94,6 +102,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if start_background:
         context.scheduler.start()
         on_stop(app, context.scheduler.stop)
+        app_metrics.start_flushing(app)
     context.ready = True
     return app
 

@@ -12,6 +12,7 @@ from cnnswarm.store import Stores
 
 if TYPE_CHECKING:
     from cnnswarm.controller.datasets import DatasetService
+    from cnnswarm.controller.metrics import ControllerMetrics
     from cnnswarm.controller.predictor import Predictor
     from cnnswarm.controller.scheduler import Scheduler
 
@@ -25,6 +26,7 @@ class ControllerContext:
     datasets: DatasetService
     scheduler: Scheduler
     predictor: Predictor
+    metrics: ControllerMetrics
     ready: bool = False
 
 

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -36,6 +37,16 @@ from cnnswarm.errors import Overloaded
 _ESTIMATE_WEIGHT = 0.2
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class QueueObserver(Protocol):
+    """What a queue reports as it works (``controller.metrics.ControllerMetrics`` records it)."""
+
+    def observe_batch(self, rows: int) -> None: ...
+
+    def observe_queue_wait(self, seconds: float) -> None: ...
+
+    def count_rejected(self) -> None: ...
 
 
 @dataclass(eq=False)  # compared by identity: the queue removes exactly this request
@@ -71,8 +82,10 @@ class InferenceQueue:
         max_batch: int,
         max_queue_s: float,
         clock: Callable[[], float] = time.monotonic,
+        observer: QueueObserver | None = None,
     ) -> None:
         self.forward = forward
+        self._observer = observer
         self.max_batch = max_batch
         self.max_queue_s = max_queue_s
         self._clock = clock
@@ -162,6 +175,10 @@ class InferenceQueue:
         for ticket in batch:
             ticket.waited_s = started - ticket.enqueued_at
         rows = sum(ticket.rows for ticket in batch)
+        if self._observer is not None:
+            self._observer.observe_batch(rows)
+            for ticket in batch:
+                self._observer.observe_queue_wait(ticket.waited_s)
         try:
             inputs = batch[0].inputs if len(batch) == 1 else torch.cat([t.inputs for t in batch])
             outputs = self.forward(inputs)
@@ -192,6 +209,8 @@ class InferenceQueue:
 
     def _shed(self, wait_s: float) -> Overloaded:
         """The refusal of a request whose queue wait is (or would be) ``wait_s``."""
+        if self._observer is not None:
+            self._observer.count_rejected()
         return Overloaded(
             f"this model's predict queue is {wait_s:.1f} s deep, past the "
             f"{self.max_queue_s:g} s bound (PREDICT_MAX_QUEUE_S); retry shortly",

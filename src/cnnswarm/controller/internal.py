@@ -16,6 +16,7 @@ from flask import Blueprint, Response, request, send_file
 
 from cnnswarm.atomic import write_atomic
 from cnnswarm.controller.context import ctx
+from cnnswarm.controller.metrics import RequeueReason
 from cnnswarm.controller.model_publish import publish_model
 from cnnswarm.errors import NotFound
 from cnnswarm.http import json_body, require_token
@@ -30,6 +31,7 @@ from cnnswarm.protocol import (
     check_id,
     parse,
 )
+from cnnswarm.store.jobs import JobState
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
@@ -133,6 +135,7 @@ def post_result(job_id: str) -> dict[str, Any]:
         example_idxs=job.example_idxs,
         insert=lambda row: context.stores.jobs.complete(job_id, attempt, row),
     )
+    context.metrics.job_ended(done)
     context.stores.artifacts.remove_checkpoints(job_id)
     context.scheduler.wake()
     return {"job_id": done.id, "state": done.state.value, "model_id": done.model_id}
@@ -149,5 +152,8 @@ def post_failure(job_id: str) -> dict[str, Any]:
     report = parse(FailureReport, json_body())
     retry_within = context.settings.max_attempts if report.retryable else None
     job = context.stores.jobs.fail(job_id, report.attempt, report.error, retry_within=retry_within)
+    if job.state == JobState.QUEUED:
+        context.metrics.job_requeued(RequeueReason.TRAINER_FAILURE)
+    context.metrics.job_ended(job)
     context.scheduler.wake()
     return {"job_id": job.id, "state": job.state.value}

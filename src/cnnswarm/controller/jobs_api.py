@@ -35,8 +35,11 @@ EVENT_KEEPALIVE_S = 15.0
 
 
 def describe_job(job: Job) -> dict[str, Any]:
-    """A job's JSON, with its queue position and why it is waiting while queued."""
-    return describe_jobs([job])[0]
+    """A job's JSON, with its queue position and why it is waiting while queued, and its
+    attempt history (listings leave the history out: one more query per job)."""
+    body = describe_jobs([job])[0]
+    body["attempts"] = ctx().stores.jobs.attempts(job.id)
+    return body
 
 
 def describe_jobs(jobs: Sequence[Job]) -> list[dict[str, Any]]:

@@ -122,9 +122,11 @@ def load_model(id_or_alias: str) -> LoadedModel:
     query=PredictQuery,
 )
 def predict(model_id: str) -> dict[str, Any]:
-    loaded = load_model(model_id)
-    inputs, top_k = request_inputs(loaded)
-    return {
-        "model_id": loaded.model_id,
-        "predictions": ctx().predictor.predict(loaded, inputs, top_k),
-    }
+    with ctx().metrics.predict_request() as observed:
+        loaded = load_model(model_id)
+        observed.model = loaded.model_id
+        inputs, top_k = request_inputs(loaded)
+        return {
+            "model_id": loaded.model_id,
+            "predictions": ctx().predictor.predict(loaded, inputs, top_k),
+        }

@@ -52,7 +52,9 @@ from torch import nn
 
 from cnnswarm.config import Settings
 from cnnswarm.controller.inference_queue import Forward, InferenceQueue
+from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.ml.artifact import ModelArtifact, load_artifact
 from cnnswarm.ml.inference import fold_batch_norms
 from cnnswarm.ml.models import needs_calibration
@@ -91,8 +93,9 @@ def _cache_key(model_row: Mapping[str, Any]) -> _CacheKey:
 class Predictor:
     """The model cache and inference queues of one controller process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: ControllerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or _metrics_off()
         self._lock = threading.Lock()
         self._models: OrderedDict[_CacheKey, LoadedModel] = OrderedDict()
         self._loading: dict[_CacheKey, threading.Lock] = {}
@@ -138,6 +141,7 @@ class Predictor:
                     self._models[key] = loaded
                     while len(self._models) > self.settings.predict_cache_models:
                         self._models.popitem(last=False)
+                    self.metrics.model_loaded(len(self._models))
         return loaded
 
     def _load(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
@@ -154,6 +158,7 @@ class Predictor:
                 _probabilities_of(model),
                 max_batch=self.settings.predict_max_batch,
                 max_queue_s=self.settings.predict_max_queue_s,
+                observer=self.metrics,
             ),
         )
 
@@ -163,6 +168,7 @@ class Predictor:
             for key in [k for k in self._models if k[0] == model_id]:
                 del self._models[key]
             self._rows.clear()
+            self.metrics.cache_size(len(self._models))
 
     def predict(
         self, loaded: LoadedModel, inputs: torch.Tensor, top_k: int
@@ -190,6 +196,11 @@ def _probabilities_of(model: nn.Module) -> Forward:
             return torch.softmax(model(inputs).float(), dim=1)
 
     return probabilities
+
+
+def _metrics_off() -> ControllerMetrics:
+    """Metrics that record nothing (a predictor or batcher built without the app's)."""
+    return ControllerMetrics(AppMetrics(enabled=False))
 
 
 def servable_model(artifact: ModelArtifact, model_id: str) -> nn.Module:

@@ -25,6 +25,8 @@ import requests
 from pydantic import ValidationError
 
 from cnnswarm.config import Settings
+from cnnswarm.controller.metrics import ControllerMetrics, RequeueReason
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import auth_headers
 from cnnswarm.protocol import Dispatch
 from cnnswarm.store import Stores
@@ -40,9 +42,12 @@ DISPATCH_TIMEOUT_S = 5.0
 class Scheduler:
     """The leader loop of one controller process."""
 
-    def __init__(self, settings: Settings, stores: Stores) -> None:
+    def __init__(
+        self, settings: Settings, stores: Stores, metrics: ControllerMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.stores = stores
+        self.metrics = metrics or ControllerMetrics(AppMetrics(enabled=False))
         self.holder = f"controller-{uuid.uuid4().hex[:12]}"
         self.is_leader = False
         self._wake = threading.Event()
@@ -100,6 +105,9 @@ class Scheduler:
             )
         for job in self.stores.jobs.expire_leases(self.settings.max_attempts):
             log.warning("job %s lost its trainer: now %s (%s)", job.id, job.state.value, job.error)
+            if job.state == JobState.QUEUED:
+                self.metrics.job_requeued(RequeueReason.LEASE_EXPIRED)
+            self.metrics.job_ended(job)
         return self._dispatch_queued()
 
     def _live_trainers(self) -> dict[str, tuple[Trainer, int]]:
@@ -138,6 +146,8 @@ class Scheduler:
                 if dispatch is None:
                     break  # failed: no trainer could ever run it
                 outcome = self._post_to_trainer(trainer, dispatch)
+                if outcome != "refused":
+                    self.metrics.attempt_started(job, claimed)
                 if outcome == "unknown":
                     # The trainer may have taken it: keep the claim, so this attempt number
                     # is never given to a second trainer; if it did not, the lease expires.
@@ -174,7 +184,7 @@ class Scheduler:
         except ValidationError as exc:
             error = f"the job cannot be dispatched: {exc.errors(include_url=False)[0]}"
             log.error("job %s: %s", job.id, error)
-            self.stores.jobs.fail(job.id, job.attempt, error)
+            self.metrics.job_ended(self.stores.jobs.fail(job.id, job.attempt, error))
             return None
 
     def _post_to_trainer(self, trainer: Trainer, dispatch: Dispatch) -> str:

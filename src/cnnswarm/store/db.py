@@ -121,6 +121,23 @@ trainers = Table(
     Column("last_heartbeat", Float, nullable=False),
 )
 
+# One row per attempt of a job, from its claim to its end: the job's attempt history.
+# ``resumed_from`` is the attempt whose checkpoint it was dispatched to resume (the latest
+# attempt that stored one), null for a start from scratch.
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("trainer_id", String(128), nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("outcome", String(32), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("resumed_from", Integer, nullable=True),
+    Column("checkpointed", Boolean, nullable=False, default=False),
+)
+
 # The scheduler's leader lease: exactly one controller schedules at a time.
 leader = Table(
     "leader",

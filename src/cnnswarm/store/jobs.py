@@ -13,7 +13,8 @@ its attempt; a write whose attempt no longer owns the job raises ``StaleAttempt`
 one job never publishes two models. Guarantees: an accepted job survives any process crash
 (it is committed before 202 is answered); submissions with one ``Idempotency-Key`` create one
 job; the database numbers jobs (``seq``, the queue's order), so concurrent submits never share
-a number.
+a number. Each attempt's claim and end are recorded with the transition that makes them
+(``cnnswarm.store.attempts``): ``attempts(job_id)`` is the job's history.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from sqlalchemy.exc import IntegrityError
 
 from cnnswarm.errors import Conflict, NotFound, StaleAttempt, Unprocessable
 from cnnswarm.store import db
+from cnnswarm.store.attempts import (
+    AttemptEnd,
+    attempts_of,
+    close_attempt,
+    drop_attempt,
+    mark_checkpointed,
+    open_attempt,
+)
 from cnnswarm.store.catalog import insert_model, model_id_taken
 from cnnswarm.store.job_records import Job, JobSpec, JobState, job_to_json, new_job_id
 
@@ -121,6 +130,12 @@ class JobStore:
             jobs = [Job.from_row(dict(r._mapping)) for r in conn.execute(query)]
         return jobs if oldest else jobs[::-1]
 
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's attempts, oldest first: trainer, start, end, how and why it ended, and the
+        attempt whose checkpoint it resumed from (``cnnswarm.store.attempts``)."""
+        with self.engine.begin() as conn:
+            return attempts_of(conn, job_id)
+
     def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state (every state listed)."""
         with self.engine.begin() as conn:
@@ -190,6 +205,8 @@ class JobStore:
                     updated_at=ts,
                 )
             )
+            if result.rowcount == 1:
+                open_attempt(conn, job.id, job.attempt + 1, trainer_id, ts)
         return self.get(job.id) if result.rowcount == 1 else None
 
     def unclaim(self, job: Job) -> bool:
@@ -211,6 +228,8 @@ class JobStore:
                     updated_at=db.now(),
                 )
             )
+            if result.rowcount == 1:
+                drop_attempt(conn, job.id, job.attempt)
         return result.rowcount == 1
 
     def renew(
@@ -286,6 +305,8 @@ class JobStore:
                     )
                     .values(trainer_id=None, lease_expires_at=None, updated_at=ts, **values)
                 )
+                if result.rowcount == 1:
+                    close_attempt(conn, job.id, job.attempt, AttemptEnd.LEASE_LOST, reason, ts)
                 if result.rowcount == 1 and values["state"] == JobState.FAILED.value:
                     self._release_model_id(conn, job)
             if result.rowcount == 1:
@@ -319,7 +340,14 @@ class JobStore:
 
     def mark_checkpoint(self, job_id: str, attempt: int) -> None:
         """Record that ``attempt`` stored a checkpoint; ``StaleAttempt`` if it is fenced off."""
-        self._fenced_update(job_id, attempt, {"has_checkpoint": True})
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._fenced(job_id, attempt).values(updated_at=db.now(), has_checkpoint=True)
+            )
+            if result.rowcount == 1:
+                mark_checkpointed(conn, job_id, attempt)
+        if result.rowcount != 1:
+            raise self._stale(job_id, attempt)
 
     def complete(self, job_id: str, attempt: int, model_row: Mapping[str, Any]) -> Job:
         """running -> succeeded and publish ``model_row`` in one transaction (fenced)."""
@@ -339,6 +367,7 @@ class JobStore:
             owned = result.rowcount == 1
             if owned:
                 insert_model(conn, model_row, ts)
+                close_attempt(conn, job_id, attempt, AttemptEnd.SUCCEEDED, None, ts)
         if not owned:
             raise self._stale(job_id, attempt)
         return self.get(job_id)
@@ -368,6 +397,9 @@ class JobStore:
                 self._fenced(job_id, attempt).values(lease_expires_at=None, updated_at=ts, **values)
             )
             owned = result.rowcount == 1
+            if owned:
+                end = AttemptEnd.TRAINER_FAILURE if requeue else AttemptEnd.FAILED
+                close_attempt(conn, job_id, attempt, end, error, ts)
             if owned and not requeue:
                 self._release_model_id(conn, job)
         if not owned:
@@ -402,6 +434,9 @@ class JobStore:
             )
             if result.rowcount == 1:
                 self._release_model_id(conn, job)
+            if result.rowcount == 1 and job.state == JobState.RUNNING:
+                reason = "cancelled by a client"
+                close_attempt(conn, job_id, job.attempt, AttemptEnd.CANCELLED, reason, ts)
         if result.rowcount != 1:
             return self.cancel(job_id)  # it moved meanwhile: decide again on its new state
         return self.get(job_id), job.trainer_id
@@ -414,14 +449,6 @@ class JobStore:
             db.jobs.c.state == JobState.RUNNING.value,
             db.jobs.c.attempt == attempt,
         )
-
-    def _fenced_update(self, job_id: str, attempt: int, values: Mapping[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                self._fenced(job_id, attempt).values(updated_at=db.now(), **values)
-            )
-        if result.rowcount != 1:
-            raise self._stale(job_id, attempt)
 
     def _stale(self, job_id: str, attempt: int) -> StaleAttempt | NotFound:
         try:

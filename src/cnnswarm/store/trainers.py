@@ -30,13 +30,19 @@ class Trainer:
         """Slots left with ``running_now`` jobs on this trainer (never negative)."""
         return max(0, self.slots - running_now)
 
+    def state(self, timeout_s: float, running_now: int) -> str:
+        """``idle`` (a free slot), ``busy``, or ``lost`` (silent for ``timeout_s``)."""
+        if not self.is_alive(timeout_s):
+            return "lost"
+        return "idle" if self.free_slots(running_now) else "busy"
+
     def to_json(self, timeout_s: float, running_now: int) -> dict[str, Any]:
         """The API's view of a trainer."""
         alive = self.is_alive(timeout_s)
         return {
             "id": self.id,
             "url": self.url,
-            "state": ("idle" if self.free_slots(running_now) else "busy") if alive else "lost",
+            "state": self.state(timeout_s, running_now),
             "slots": self.slots,
             "running_jobs": self.running,
             "free_slots": self.free_slots(running_now) if alive else 0,

@@ -1,4 +1,5 @@
-"""The trainer's Flask app: the seed's trainer routes plus dispatch, cancel and health.
+"""The trainer's Flask app: the seed's trainer routes plus dispatch, cancel, health and
+``/metrics`` (``trainer.metrics``).
 
 ``create_app(settings)`` builds the app and its ``TrainerService`` (``app.extensions
 ["trainer_service"]``) and starts nothing; ``create_app(settings, start_background=True)`` (what
@@ -21,11 +22,13 @@ from flask import Flask, Response, jsonify, request
 
 from cnnswarm.config import Settings, load_settings
 from cnnswarm.errors import InvalidInput, NotFound
+from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import json_body, register_error_handlers, require_token
 from cnnswarm.lifecycle import on_stop
 from cnnswarm.protocol import Dispatch, parse
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
 from cnnswarm.trainer.controller_api import ControllerClient
+from cnnswarm.trainer.metrics import TrainerMetrics, service_collector
 from cnnswarm.trainer.outcome import StopReason
 from cnnswarm.trainer.runner import JobRunner
 
@@ -44,12 +47,12 @@ INDEX_HTML = (
 class TrainerService:
     """A trainer's moving parts: the job runner, the heartbeat agent and the watcher thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: TrainerMetrics | None = None) -> None:
         self.settings = settings
         self.trainer_id = make_trainer_id(settings)
         self.url = announced_url(settings)
         self.client = ControllerClient(settings.resolved_controller_url, settings.api_token)
-        self.runner = JobRunner(settings, self.client)
+        self.runner = JobRunner(settings, self.client, metrics=metrics)
         self.agent = HeartbeatAgent(
             settings, self.runner, self.client, trainer_id=self.trainer_id, url=self.url
         )
@@ -123,10 +126,14 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     worker without ``--preload`` (threads do not survive a fork).
     """
     settings = settings if settings is not None else load_settings()
-    service = TrainerService(settings)
+    app_metrics = AppMetrics(enabled=settings.metrics_enabled)
+    metrics = TrainerMetrics(app_metrics.registry, enabled=settings.metrics_enabled)
+    service = TrainerService(settings, metrics)
+    app_metrics.add_scrape_collector(service_collector(service))
     app = Flask(__name__)
     app.extensions["trainer_service"] = service
     register_error_handlers(app)
+    app_metrics.install(app)
     token_required = require_token(lambda: settings.api_token)
 
     @app.get("/")
@@ -179,6 +186,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     if start_background:
         service.start()
         on_stop(app, service.stop)
+        app_metrics.start_flushing(app)
     return app
 
 

@@ -32,7 +32,8 @@ from cnnswarm.errors import Conflict, StaleAttempt
 from cnnswarm.protocol import Dispatch, JobReport, seed_status_entry
 from cnnswarm.trainer.child import ChildConfig, child_main
 from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavailable
-from cnnswarm.trainer.messages import ChildMessage, FinalMessage, MessageKind
+from cnnswarm.trainer.messages import ChildMessage, FinalMessage, MessageKind, ProgressMessage
+from cnnswarm.trainer.metrics import TrainerMetrics, metrics_off
 from cnnswarm.trainer.outcome import JobPhase, StopReason, decide_outcome
 
 if TYPE_CHECKING:
@@ -74,6 +75,22 @@ class TrackedJob:
     stop_reason: StopReason | None = None
     stop_requested_at: float | None = None
     final_message: FinalMessage | None = None
+    # The last epoch this attempt finished (epochs before its first report belong to the
+    # attempts it resumed from); None before its first report.
+    last_epoch_finished: int | None = None
+
+    def count_new_epochs(self, message: ProgressMessage) -> int:
+        """How many epochs this progress ``message`` reports finished since the last one."""
+        if self.last_epoch_finished is None:
+            self.last_epoch_finished = message["epoch"] - 1  # the epoch in progress is 1-based
+        finished = [
+            int(entry.get("epoch", 0))
+            for entry in message["metrics"]
+            if int(entry.get("epoch", 0)) > self.last_epoch_finished
+        ]
+        if finished:
+            self.last_epoch_finished = max(finished)
+        return len(finished)
 
     def status(self) -> dict[str, Any]:
         """The seed's per-job status entry plus this trainer's extras (epoch, error)."""
@@ -114,8 +131,10 @@ class JobRunner:
         *,
         child_target: ChildTarget = child_main,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        metrics: TrainerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or metrics_off()
         self.client = client
         self.slots = settings.trainer_slots
         self.child_target = child_target
@@ -168,6 +187,23 @@ class JobRunner:
                 if job_id not in latest or job.dispatch.attempt > latest[job_id].dispatch.attempt:
                     latest[job_id] = job
             return {job_id: job.status() for job_id, job in latest.items()}
+
+    def active_phases(self) -> dict[str, int]:
+        """How many jobs are running and stopping here now."""
+        with self._lock:
+            active = self._active()
+        counts = {JobPhase.RUNNING.value: 0, JobPhase.STOPPING.value: 0}
+        for job in active:
+            counts[job.phase.value] += 1
+        return counts
+
+    def training_images_per_s(self) -> float:
+        """The last epoch's training images/s of each running job, summed (0 when none ran an
+        epoch yet)."""
+        with self._lock:
+            running = [job for job in self._active() if job.phase is JobPhase.RUNNING]
+        rates = [job.metrics[-1].get("images_per_s") for job in running if job.metrics]
+        return float(sum(rate for rate in rates if isinstance(rate, int | float)))
 
     def heartbeat_jobs(self) -> list[JobReport]:
         """The jobs this trainer runs, as the heartbeat reports them.
@@ -282,6 +318,7 @@ class JobRunner:
                 return
             with self._lock:
                 if message["kind"] == MessageKind.PROGRESS:
+                    self.metrics.epochs_completed(job.count_new_epochs(message))
                     job.progress = message["progress"]
                     job.epoch = message["epoch"]
                     job.metrics = message["metrics"]
@@ -298,6 +335,7 @@ class JobRunner:
                 job.progress = 1.0
             if outcome.error is not None:
                 job.error = outcome.error
+        self.metrics.attempt_ended(job.phase.value)
         log.info(
             "job %s attempt %d ended: %s%s",
             job.dispatch.job_id,

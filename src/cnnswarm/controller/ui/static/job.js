@@ -12,7 +12,8 @@
   var base = "/api/v1/jobs/" + cnn.seg(jobId);
   var current = null;
   var queueInfo = {};
-  var attempts = {}; // attempt number -> {trainer, ended}: what this page has seen
+  var history = null; // the job's attempts, as its last GET (or cancel) answered them
+  var historyKey = ""; // attempt/state of the job when the history was read
   var modelShown = false;
 
   function isFinal(job) { return FINAL.indexOf(job.state) >= 0; }
@@ -119,28 +120,38 @@
     cnn.byId("cancel-job").disabled = isFinal(job);
   }
 
+  // How an attempt ended, in words (the API's outcome: store/attempts.py AttemptEnd).
+  var ENDINGS = {
+    succeeded: "succeeded",
+    failed: "failed",
+    trainer_failure: "its process died; the job was requeued",
+    lease_lost: "lease lost: its trainer stopped heartbeating",
+    cancelled: "cancelled",
+  };
+
   function renderAttempts(job) {
-    if (job.attempt > 0) {
-      var seen = attempts[job.attempt] || (attempts[job.attempt] = {});
-      if (job.trainer) seen.trainer = job.trainer;
-      // A requeue leaves the job queued on the attempt that ended, with the reason as error.
-      if (job.state === "queued" && job.error) seen.ended = job.error;
-      else if (isFinal(job)) seen.ended = job.state + (job.error ? ": " + job.error : "");
+    // GET and cancel answers carry the history; an event that changes the attempt or the state
+    // (events carry the job alone) reads it again.
+    var key = job.attempt + "/" + job.state;
+    if (Array.isArray(job.attempts)) {
+      history = job.attempts;
+      historyKey = key;
+    } else if (key !== historyKey) {
+      historyKey = key;
+      cnn.api("GET", base).then(renderAttempts, function () {});
     }
-    var items = [];
-    for (var n = 1; n <= job.attempt; n++) {
-      var info = attempts[n] || {};
-      var ended = info.ended;
-      if (!ended) {
-        ended = n < job.attempt ? "ended before this page opened (the API keeps only the latest reason)"
-          : job.state === "running" ? "running" : job.state;
-      }
-      items.push(el("li", {},
-        el("strong", {}, "Attempt " + n),
-        info.trainer ? [" on ", el("span", { className: "mono" }, info.trainer)] : null,
-        n > 1 ? el("span", { className: "muted" }, " · resumed from the job's last checkpoint, if one was stored") : null,
-        el("div", { className: "muted" }, ended)));
-    }
+    var items = (history || []).map(function (a) {
+      var ended = a.outcome ? (ENDINGS[a.outcome] || a.outcome) + (a.reason ? ": " + a.reason : "")
+        : "running";
+      return el("li", {},
+        el("strong", {}, "Attempt " + a.attempt),
+        a.trainer ? [" on ", el("span", { className: "mono" }, a.trainer)] : null,
+        el("span", { className: "muted" }, a.resumed_from_attempt
+          ? " · resumed from attempt " + a.resumed_from_attempt + "'s checkpoint"
+          : " · from scratch"),
+        el("div", { className: "muted" },
+          cnn.when(a.started_at) + (a.ended_at ? " – " + cnn.when(a.ended_at) : "") + " · " + ended));
+    });
     if (!items.length) items.push(el("li", { className: "muted" }, "Not dispatched yet."));
     var list = cnn.byId("attempts");
     list.replaceChildren.apply(list, items);
