@@ -31,15 +31,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnswarm.errors import GangBroken
+
+__all__ = ["Gang", "GangBroken", "GangMember", "join_gang", "shard_bounds", "wants_cuda"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_INIT_TIMEOUT_S = 60.0
 DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
-
-
-class GangBroken(RuntimeError):
-    """The gang could not meet, or a member left it mid-run: this attempt cannot go on
-    (another attempt, on a new gang, may)."""
 
 
 @dataclass(frozen=True)
