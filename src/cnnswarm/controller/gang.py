@@ -91,19 +91,22 @@ class GangDispatcher:
         base = dispatch_of(claimed)
         if base is None:
             return None
-        members = [
-            Dispatch.model_validate(
+        master_addr = rendezvous_host(trainers[0])
+
+        def member(rank: int, master_port: int | None) -> Dispatch:
+            return Dispatch.model_validate(
                 {
                     **base.model_dump(),
                     "rank": rank,
                     "world_size": world_size,
-                    "master_addr": rendezvous_host(trainers[0]),
+                    "master_addr": master_addr,
+                    "master_port": master_port,
                 }
             )
-            for rank in range(world_size)
-        ]
-        answer = self._post(trainers[0], members[0])
-        if not isinstance(answer, DispatchAnswer) or answer.rendezvous_port is None:
+
+        answer = self._post(trainers[0], member(0, None))
+        port = answer.rendezvous_port if isinstance(answer, DispatchAnswer) else None
+        if not isinstance(answer, DispatchAnswer) or (world_size > 1 and port is None):
             del free[chosen[0]]  # not offered again this round
             if answer == REFUSED:  # surely not running there: undo the claim
                 if self.stores.jobs.unclaim(claimed):
@@ -112,8 +115,8 @@ class GangDispatcher:
                 self._abandon(claimed, chosen[:1], "rank 0 gave no rendezvous port")
             return None
         for rank in range(1, world_size):
-            member = members[rank].model_copy(update={"master_port": answer.rendezvous_port})
-            if not isinstance(self._post(trainers[rank], member), DispatchAnswer):
+            dispatch = member(rank, port)
+            if not isinstance(self._post(trainers[rank], dispatch), DispatchAnswer):
                 self._abandon(claimed, chosen[:rank], f"rank {rank} could not be dispatched")
                 del free[chosen[rank]]
                 return None
