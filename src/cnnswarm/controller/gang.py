@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 FreeSlots = dict[str, tuple[Trainer, int]]
 
 DISPATCH_TIMEOUT_S = 5.0
+DISPATCH_TRIES = 2
 REFUSED, UNKNOWN = "refused", "unknown"
 
 
@@ -174,6 +175,17 @@ class GangDispatcher:
         self.cancel_members(job.id, started)
 
     def _post(self, trainer: Trainer, dispatch: Dispatch) -> DispatchAnswer | str:
+        """``_post_once``, tried again on failure (``DISPATCH_TRIES`` in all): the same attempt
+        dispatched twice is accepted once by a trainer, and one lost request must not cost
+        the whole gang its attempt."""
+        outcome: DispatchAnswer | str = REFUSED
+        for _ in range(DISPATCH_TRIES):
+            outcome = self._post_once(trainer, dispatch)
+            if isinstance(outcome, DispatchAnswer):
+                break
+        return outcome
+
+    def _post_once(self, trainer: Trainer, dispatch: Dispatch) -> DispatchAnswer | str:
         """POST one member's dispatch: the trainer's answer, ``REFUSED`` (surely not running
         there: refused, unreachable) or ``UNKNOWN`` (it may have arrived: no answer in time,
         or an answer that is not a ``DispatchAnswer``)."""
