@@ -9,14 +9,17 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
+from cnnswarm.config import Settings
 from cnnswarm.controller.context import ControllerContext
 from cnnswarm.store import db
+from support import free_port
 
 RENDEZVOUS_PORT = 4242
 Received = list[dict[str, Any]]
@@ -24,7 +27,7 @@ Received = list[dict[str, Any]]
 
 class _Trainer(BaseHTTPRequestHandler):
     """Accepts every POST and records its JSON body (with ``"path"``); a dispatch of rank 0
-    of a gang is answered with ``RENDEZVOUS_PORT``."""
+    of a gang is answered with ``RENDEZVOUS_PORT``; every GET is a 200 (``/healthz``)."""
 
     received: Received
 
@@ -42,8 +45,20 @@ class _Trainer(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def do_GET(self) -> None:  # /healthz
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """A long lease: a registered trainer stays alive however slow the test runs (the tests
+    that lose a member or a trainer set its lease or heartbeat in the past)."""
+    return Settings(home_dir=tmp_path / "home", lease_timeout_s=300.0)
 
 
 @pytest.fixture
@@ -110,6 +125,19 @@ def test_a_gang_waits_for_enough_trainers_and_says_so(
 
     second = start_trainer("t2")  # a second trainer registers
     assert [j.id for j in context.scheduler.tick()] == [job["id"]]
+    assert len(dispatches(first)) == len(dispatches(second)) == 1
+
+
+def test_a_trainer_that_does_not_answer_is_left_out_of_the_gang(
+    client: FlaskClient, context: ControllerContext, start_trainer: Callable[[str], Received]
+) -> None:
+    # "a-dead" looks alive (a fresh heartbeat) and would be chosen first, but is gone.
+    context.stores.trainers.heartbeat("a-dead", f"http://127.0.0.1:{free_port()}", 1, [])
+    first, second = start_trainer("t1"), start_trainer("t2")
+    job = submit(client, workers=2)
+    assert [j.id for j in context.scheduler.tick()] == [job["id"]]
+    running = context.stores.jobs.get(job["id"])
+    assert (running.attempt, running.trainer_id) == (1, "t1")  # no attempt lost on it
     assert len(dispatches(first)) == len(dispatches(second)) == 1
 
 

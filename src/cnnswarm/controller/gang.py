@@ -2,7 +2,9 @@
 
 Placement: a job's first attempt needs ``workers`` live trainers with a free slot, a resumed
 attempt at least ``min_workers`` (it takes as many as are free, up to ``workers``); the
-trainers with the fewest running jobs are chosen, one rank each, ties broken by id.
+trainers with the fewest running jobs are chosen, one rank each, ties broken by id. Each is
+probed (``/healthz``) first: a trainer killed a moment ago still looks alive by its last
+heartbeat, and a gang dispatched to it would cost the job an attempt.
 
 Dispatch, in order: claim the job (attempt + 1, rank 0's trainer is the job's trainer), record
 the members, dispatch rank 0 (whose trainer answers the port it opened), then ranks 1.. with
@@ -45,6 +47,7 @@ FreeSlots = dict[str, tuple[Trainer, int]]
 
 DISPATCH_TIMEOUT_S = 5.0
 DISPATCH_TRIES = 2
+PROBE_TIMEOUT_S = 2.0
 REFUSED, UNKNOWN = "refused", "unknown"
 
 
@@ -65,6 +68,8 @@ class GangDispatcher:
         self.settings = settings
         self.stores = stores
         self.session = session
+        # Trainers that did not answer a probe, with the heartbeat they had then.
+        self._unreachable: dict[str, float] = {}
 
     def holds_the_queue(self, size: GangSize, live_trainers: int, resumed: bool) -> bool:
         """Whether a waiting gang keeps the free slots for itself (the barrier policy)."""
@@ -79,10 +84,16 @@ class GangDispatcher:
     ) -> Job | None:
         """Start ``job`` on a gang of ``free`` trainers (their slots are taken from ``free``);
         None when it cannot start now."""
-        world_size = size.world_size(len(free), resumed=job.attempt > 0)
-        if world_size is None:
-            return None
-        chosen = choose_trainers(free, world_size)
+        while True:  # until every chosen trainer answers, or too few are left
+            world_size = size.world_size(len(free), resumed=job.attempt > 0)
+            if world_size is None:
+                return None
+            chosen = choose_trainers(free, world_size)
+            unreachable = [tid for tid in chosen if not self._reachable(free[tid][0])]
+            if not unreachable:
+                break
+            for trainer_id in unreachable:
+                del free[trainer_id]
         trainers = [free[trainer_id][0] for trainer_id in chosen]
         lease_s = self.settings.lease_timeout_s
         claimed = self.stores.jobs.claim(job, chosen[0], lease_s)
@@ -135,6 +146,24 @@ class GangDispatcher:
             ", ".join(chosen),
         )
         return claimed
+
+    def _reachable(self, trainer: Trainer) -> bool:
+        """Whether ``trainer`` answers ``/healthz`` now. One that did not is not asked again
+        until it sends a heartbeat: a killed trainer looks alive until its heartbeat is a lease
+        old, and each gang dispatched to it would cost the job an attempt."""
+        if self._unreachable.get(trainer.id) == trainer.last_heartbeat:
+            return False
+        try:
+            answer = self.session.get(f"{trainer.url.rstrip('/')}/healthz", timeout=PROBE_TIMEOUT_S)
+            reachable = answer.status_code == 200
+        except requests.RequestException:
+            reachable = False
+        if reachable:
+            self._unreachable.pop(trainer.id, None)
+        else:
+            log.warning("trainer %s does not answer; left out of gangs until it beats", trainer.id)
+            self._unreachable[trainer.id] = trainer.last_heartbeat
+        return reachable
 
     def end_lost_attempts(self) -> list[Job]:
         """End every running attempt one of whose members stopped renewing its lease."""
