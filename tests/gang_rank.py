@@ -3,7 +3,9 @@ them): ``python gang_rank.py RANK WORLD PORT OUT [DIE_AT_BATCH]``.
 
 Trains the tiny run of ``tiny_run()`` as rank RANK of WORLD and saves ``{"state": ...,
 "metrics": ...}`` to OUT, or ``{"error": "<ExcType>: message"}`` when it fails. With
-DIE_AT_BATCH, the process kills itself (SIGKILL) before that batch (counted from 1).
+DIE_AT_BATCH, the process kills itself (SIGKILL) before that batch (counted from 1). With
+``GANG_KEEP_CHECKPOINT=N:PATH`` in its environment, rank 0 saves the N-th checkpoint it hands
+out to PATH.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def main(argv: list[str]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return False
 
+    checkpoints = 0
+    keep_at, _, keep_path = os.environ.get("GANG_KEEP_CHECKPOINT", "").partition(":")
+
+    def keep_checkpoint(checkpoint: dict[str, Any]) -> None:
+        nonlocal checkpoints
+        checkpoints += 1
+        if keep_at and checkpoints == int(keep_at):
+            torch.save(checkpoint, keep_path)
+
     member = GangMember(rank, world, "127.0.0.1", port, init_timeout_s=20, collective_timeout_s=20)
     try:
         with join_gang(member, force_cpu=True) as gang:
@@ -56,7 +67,7 @@ def main(argv: list[str]) -> None:
                 gang=gang,
                 threads=1,
                 should_cancel=should_cancel,
-                on_checkpoint=lambda checkpoint: None,
+                on_checkpoint=keep_checkpoint,
             )
     except GangBroken as exc:
         torch.save({"error": f"GangBroken: {exc}"}, out)

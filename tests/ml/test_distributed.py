@@ -6,6 +6,7 @@ whose peer is killed mid-epoch fails with ``GangBroken`` instead of hanging."""
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -24,8 +25,14 @@ from support import free_port
 RANK_SCRIPT = Path(gang_rank.__file__)
 
 
-def run_gang(world: int, tmp_path: Path, die: dict[int, int] | None = None) -> list[dict[str, Any]]:
-    """Run ``gang_rank.py`` as ``world`` processes; each one's saved result, by rank."""
+def run_gang(
+    world: int,
+    tmp_path: Path,
+    die: dict[int, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``gang_rank.py`` as ``world`` processes (``env`` added to their environment);
+    each one's saved result, by rank."""
     port = free_port()
     outs = [tmp_path / f"rank{rank}.pt" for rank in range(world)]
     procs = []
@@ -35,7 +42,7 @@ def run_gang(world: int, tmp_path: Path, die: dict[int, int] | None = None) -> l
             args.append(str(outs[rank]))
             if die and rank in die:
                 args.append(str(die[rank]))
-            procs.append(subprocess.Popen(args))
+            procs.append(subprocess.Popen(args, env={**os.environ, **(env or {})}))
         for proc in procs:
             proc.wait(timeout=120)
     finally:
@@ -91,6 +98,25 @@ def test_a_gang_of_one_is_the_one_process_run(tmp_path: Path) -> None:
     for name, value in alone.artifact.state_dict.items():
         assert torch.allclose(value.double(), rank0["state"][name].double(), atol=1e-5), name
     assert rank0["metrics"][-1]["test_accuracy"] == alone.metrics[-1]["test_accuracy"]
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_process(tmp_path: Path) -> None:
+    """min_workers: a gang's mid-epoch checkpoint resumes at another world size as the same run
+    (global position, data order, flips, schedule and the epoch's running sums carry over)."""
+    kept = tmp_path / "checkpoint.pt"
+    # Checkpoints every 2 of the 6 batches per epoch: the 4th is epoch 2, batch 2.
+    rank0, _ = run_gang(2, tmp_path, env={"GANG_KEEP_CHECKPOINT": f"4:{kept}"})
+    checkpoint = torch.load(kept, weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batch"]) == (1, 2)
+
+    resumed = train("SmallConvNet", gang_rank.tiny_dataset(), None, resume_from=checkpoint)
+
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3]
+    assert resumed.metrics[0] == rank0["metrics"][0]  # the epoch before the checkpoint, kept
+    for name, value in rank0["state"].items():
+        if not _is_batch_norm_statistic(name):
+            assert torch.allclose(value, resumed.artifact.state_dict[name], atol=0.05), name
+    assert abs(resumed.metrics[-1]["train_loss"] - rank0["metrics"][-1]["train_loss"]) <= 0.05
 
 
 def test_a_gang_that_cannot_meet_fails_within_its_bound() -> None:
