@@ -107,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         example_idxs=args.example_idxs,
         train_opts=train_opts or None,
         idempotency_key=args.idempotency_key,
+        workers=args.workers,
+        min_workers=args.min_workers,
     )
     if not args.wait:
         if args.json:
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--example-idxs", type=int, nargs=2, metavar=("START", "END"), help="training rows"
     )
     train.add_argument("--idempotency-key", help="makes a retried submission safe")
+    train.add_argument(
+        "--workers", type=int, help="train on this many trainers at once (data-parallel)"
+    )
+    train.add_argument("--min-workers", type=int, help="a resumed attempt may run on this few")
     train.add_argument("--wait", action="store_true", help="follow progress until the end")
     train.add_argument("--timeout", type=float, help="with --wait: give up after seconds")
 

@@ -195,8 +195,11 @@ class Client:
         example_idxs: Sequence[int] | None = None,
         train_opts: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        workers: int | None = None,
+        min_workers: int | None = None,
     ) -> dict[str, Any]:
-        """Queue a training job; return the job. Only the given fields are sent."""
+        """Queue a training job (on ``workers`` trainers at once: data-parallel); return the
+        job. Only the given fields are sent."""
         body: dict[str, Any] = {"dataset": dataset}
         if model_type is not None:
             body["model_type"] = model_type
@@ -206,6 +209,10 @@ class Client:
             body["example_idxs"] = list(example_idxs)
         if train_opts is not None:
             body["train_opts"] = dict(train_opts)
+        if workers is not None:
+            body["workers"] = workers
+        if min_workers is not None:
+            body["min_workers"] = min_workers
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self._json("POST", "/api/v1/jobs", json=body, headers=headers)
         return result

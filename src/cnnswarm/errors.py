@@ -149,5 +149,10 @@ class DatasetUnavailable(CnnSwarmError):
     code = "DatasetUnavailable"
 
 
+class GangBroken(RuntimeError):
+    """A data-parallel job's gang could not meet, or a member left it mid-run (not an HTTP
+    error): this attempt cannot go on; another, on a new gang, may."""
+
+
 class TrainingCancelled(Exception):
     """Raised inside the training loop when cancellation was requested (not an HTTP error)."""

@@ -6,7 +6,9 @@ builds a message and sends ``message.model_dump(mode="json")``; the receiver get
 names the key at fault, ``jobs[0].attempt`` inside a heartbeat's job list). The declarations
 are strict (``1`` is not ``true``, ``"3"`` is not ``3``), bounded, and refuse unknown keys.
 
-- ``Dispatch``: controller → trainer, the body of ``POST /train``;
+- ``Dispatch``: controller → trainer, the body of ``POST /train`` (with ``rank``,
+  ``world_size`` and rank 0's rendezvous address for a data-parallel job); ``DispatchAnswer``
+  comes back;
 - ``Heartbeat``, with a ``JobReport`` (lease renewal and progress) per running job: trainer →
   controller, ``POST /internal/v1/heartbeat``; ``HeartbeatAnswer`` (``Drop``: jobs to stop)
   comes back;
@@ -36,6 +38,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -133,6 +136,8 @@ def _shown(value: object) -> str:
 MAX_COUNTER = 2**31 - 1
 Attempt = Annotated[int, Field(ge=1, le=MAX_COUNTER)]
 MAX_SLOTS = 1024
+# The most trainers one data-parallel job runs on.
+MAX_WORKERS = 64
 # A failure's message is kept whole up to this length (the trainer cuts longer ones).
 MAX_ERROR_CHARS = 10_000
 
@@ -194,6 +199,37 @@ class Dispatch(Message):
     dataset: SafeId
     example_idxs: ExampleIdxs | None = None
     train_opts: dict[str, Any] | None = None
+    # A data-parallel job (world_size > 1): this member's rank and where rank 0 listens.
+    # Rank 0's dispatch has no master_port: its trainer opens one and answers it
+    # (DispatchAnswer.rendezvous_port); the others are then dispatched with it.
+    rank: Annotated[int, Field(ge=0, lt=MAX_WORKERS)] = 0
+    world_size: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
+    master_addr: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,253}$")] | None = None
+    master_port: Annotated[int, Field(ge=1, le=65_535)] | None = None
+
+    @model_validator(mode="after")
+    def _a_coherent_gang(self) -> Dispatch:
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank {self.rank} is not in a world of {self.world_size}")
+        if self.world_size > 1 and self.master_addr is None:
+            raise ValueError("a gang member needs master_addr (rank 0's host)")
+        if self.rank > 0 and self.master_port is None:
+            raise ValueError("ranks > 0 need master_port (rank 0's rendezvous port)")
+        return self
+
+    @property
+    def is_gang(self) -> bool:
+        """One member of a data-parallel job."""
+        return self.world_size > 1
+
+
+class DispatchAnswer(Message):
+    """The trainer's 202 to a dispatch: the seed's ``status``, the job, and for rank 0 of a
+    gang the port it opened for the others (``rendezvous_port``)."""
+
+    status: dict[str, bool]
+    job_id: SafeId
+    rendezvous_port: Annotated[int, Field(ge=1, le=65_535)] | None = None
 
 
 def _advisory(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

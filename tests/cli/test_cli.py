@@ -52,6 +52,16 @@ def test_train_sends_options_and_prints_the_job(controller: Any, capsys: Any) ->
     )  # fmt: skip
 
 
+def test_train_workers_asks_for_a_data_parallel_job(controller: Any, capsys: Any) -> None:
+    code, _, _ = run(
+        capsys, "--url", controller.url, "train", "--dataset", "digits", "--workers", "3",
+        "--min-workers", "2",
+    )  # fmt: skip
+    assert code == 0
+    (job,) = Client(controller.url).list_jobs()
+    assert (job["workers"], job["min_workers"]) == (3, 2)
+
+
 @pytest.fixture
 def trainer_thread(controller: Any, trainer: Any, digits_model: Any) -> Iterator[None]:
     """Runs the first job that gets queued, as a trainer would, while the test waits on it."""

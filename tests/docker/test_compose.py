@@ -94,3 +94,35 @@ def test_postgres_override_runs_two_controllers_on_one_store(
         _assert_predicts_digits(second, job["model_id"], digits)
     finally:
         docker.run(docker.argv("compose_pg_down", project=project), env=env, check=False)
+
+
+def test_a_two_worker_job_trains_across_two_trainer_containers(
+    docker: Any, images: dict[str, str], wait: Any
+) -> None:
+    """gloo between two ``ml_train`` containers: rank 0's address is its container IP (its
+    announced URL) and the port it opened; nothing is published for it."""
+    project = f"cnnswarm-test-{uuid.uuid4().hex[:8]}"
+    env = docker.env(CONTROLLER_PUBLISH="127.0.0.1:")
+    try:
+        docker.run(docker.argv("compose_up", project=project, trainers="2"), env=env, timeout=600)
+        client = Client(_published(docker, project, "ml_controller", []))
+        wait("the controller to be ready", client.ready, timeout=120)
+        wait("two trainers to register", lambda: len(_live_trainers(client)) == 2, timeout=120)
+
+        job = client.submit_job(
+            "digits", model_type="SmallConvNet", train_opts={**TRAIN_OPTS, "num_epochs": 3},
+            workers=2,
+        )  # fmt: skip
+        gang = wait(
+            "the job to run on both trainers",
+            lambda: client.get_job(str(job["id"])).get("gang"),
+            timeout=120,
+        )
+        assert len(set(gang)) == 2
+        final = client.wait_for_job(str(job["id"]), timeout=600)
+        assert final["state"] == "succeeded", final
+        assert (final["attempt"], final["workers"]) == (1, 2)
+        assert final["metrics"][-1]["test_accuracy"] > 0.7
+        assert [m["id"] for m in client.list_models()].count(final["model_id"]) == 1
+    finally:
+        docker.run(docker.argv("compose_down", project=project), env=env, check=False)

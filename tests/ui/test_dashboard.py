@@ -91,6 +91,20 @@ def test_a_bad_option_shows_the_api_error_next_to_its_field(
     assert len(dashboard.client.list_jobs()) == before  # nothing was queued
 
 
+def test_the_form_asks_for_workers_and_shows_a_bad_count_by_its_field(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    browser.open("/ui/")
+    browser.wait(lambda: browser.find(f'#f-dataset option[value="{dashboard.dataset_id}"]'))
+    before = len(dashboard.client.list_jobs())
+    Select(browser.find("#f-dataset")).select_by_value(dashboard.dataset_id)
+    _fill(browser, "#f-workers", "0")
+    browser.find("#submit-form button[type=submit]").click()
+    message = browser.wait_text("#e-workers", bool)
+    assert "workers" in message, message
+    assert len(dashboard.client.list_jobs()) == before  # nothing was queued
+
+
 def test_an_uploaded_zip_shows_its_classes_and_a_sample_grid(
     browser: Browser, dashboard: Dashboard, tmp_path: Path
 ) -> None:

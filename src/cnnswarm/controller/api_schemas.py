@@ -338,6 +338,13 @@ class Job(BaseModel):
     updated_at: float
     queue_position: Annotated[int | None, Field(description="while queued: jobs ahead")] = None
     waiting_reason: Annotated[str | None, Field(description="while queued: why")] = None
+    workers: Annotated[int, Field(description="trainers it trains on at once")] = 1
+    min_workers: Annotated[
+        int | None, Field(description="the smallest gang a resumed attempt takes")
+    ] = None
+    gang: Annotated[
+        list[str] | None, Field(description="while running on several: trainer ids by rank")
+    ] = None
     attempts: Annotated[
         list[JobAttempt] | None,
         Field(description="one job's answer only (not listings): every attempt, oldest first"),

@@ -58,6 +58,10 @@ def heartbeat() -> dict[str, Any]:
             epoch=report.epoch,
             metrics=report.metrics,
         )
+        if reason is not None and context.stores.gangs.renew_member(
+            report.job_id, report.attempt, beat.trainer_id, settings.lease_timeout_s
+        ):
+            reason = None  # a rank > 0 of a data-parallel job (rank 0 alone reports progress)
         if reason is not None:
             drop.append(Drop(job_id=report.job_id, attempt=report.attempt, reason=reason))
     if len(beat.jobs) - len(drop) < beat.slots:

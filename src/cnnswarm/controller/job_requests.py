@@ -24,7 +24,7 @@ from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.models import build_model, default_model_type
 from cnnswarm.ml.train_options import TrainOptions
-from cnnswarm.protocol import ExampleIdxs, SafeId, check_example_idxs, check_id
+from cnnswarm.protocol import MAX_WORKERS, ExampleIdxs, SafeId, check_example_idxs, check_id
 from cnnswarm.store.jobs import JobSpec
 
 
@@ -52,6 +52,22 @@ class JobRequest(BaseModel):
     example_idxs: ExampleIdxs | None = None
     # Checked by TrainOptions.from_dict once model_type is known: the defaults depend on it.
     train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
+    workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_WORKERS,
+            description="trainers to train on at once (data-parallel; same run as on one)",
+        ),
+    ] = 1
+    min_workers: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=MAX_WORKERS,
+            description="null: workers; a resumed attempt may run on this few",
+        ),
+    ] = None
 
 
 class SeedTrainRequest(JobRequest):
@@ -114,10 +130,17 @@ def parse_job_request(
         check_example_idxs(example_idxs, train_size=int(info["num_train"]))
 
     options = TrainOptions.from_dict(job.train_opts, model_type=model_type)
+    if job.min_workers is not None and job.min_workers > job.workers:
+        raise InvalidInput(
+            f"min_workers ({job.min_workers}) must not exceed workers ({job.workers})",
+            field="min_workers",
+        )
     return JobSpec(
         model_id=model_id,
         dataset=dataset_id,
         model_type=model_type,
         example_idxs=example_idxs,
         train_opts=options.to_dict(),
+        workers=job.workers,
+        min_workers=job.min_workers if job.workers > 1 else None,
     )

@@ -25,7 +25,8 @@ from cnnswarm.controller.job_requests import JobRequest, parse_job_request
 from cnnswarm.controller.openapi import doc
 from cnnswarm.http import json_body, require_token
 from cnnswarm.store.artifacts import check_id
-from cnnswarm.store.jobs import Job, job_to_json
+from cnnswarm.store.gangs import GangSize
+from cnnswarm.store.jobs import Job, JobState, job_to_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 token_required = require_token(lambda: ctx().settings.api_token)
@@ -46,14 +47,18 @@ def describe_jobs(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """``describe_job`` for each job, in a constant number of queries however many."""
     context = ctx()
     positions = context.stores.jobs.queue_positions(jobs)
-    if not positions:
-        return [job_to_json(job) for job in jobs]
-    capacity = context.scheduler.capacity()
+    any_gang_runs = any(job.workers > 1 and job.state == JobState.RUNNING for job in jobs)
+    running_gangs = context.stores.gangs.running_gangs() if any_gang_runs else {}
+    capacity = context.scheduler.capacity() if positions else None
     bodies = []
     for job in jobs:
         body = job_to_json(job, queue_position=positions.get(job.id))
-        if job.id in positions:
-            body["waiting_reason"] = capacity.waiting_reason(positions[job.id])
+        size = GangSize.of(job)
+        if job.id in running_gangs:
+            body["gang"] = [member.trainer_id for member in running_gangs[job.id]]
+        if capacity is not None and job.id in positions:
+            needed = 1 if size is None else size.needed(resumed=job.attempt > 0)
+            body["waiting_reason"] = capacity.waiting_reason(positions[job.id], workers=needed)
         bodies.append(body)
     return bodies
 
@@ -122,6 +127,8 @@ def cancel_job(job_id: str) -> dict[str, Any]:
     job, trainer_id = context.stores.jobs.cancel(job_id)
     if trainer_id is not None:
         context.scheduler.tell_trainer_to_cancel(trainer_id, job_id)
+        members = context.stores.gangs.members(job_id, job.attempt)[1:]  # a gang's ranks 1..
+        context.scheduler.gangs.cancel_members(job_id, [m.trainer_id for m in members])
     return describe_job(job)
 
 

@@ -8,7 +8,8 @@ loop and the others wait. A loop iteration:
 2. requeue running jobs whose lease expired (or fail them past the retry limit);
 3. for each queued job in submission order, pick the live trainer with the fewest running
    jobs and a free slot, claim the job in the DB (attempt + 1), then POST it to the trainer;
-   a failed POST undoes the claim.
+   a failed POST undoes the claim. A data-parallel job goes to ``controller/gang.py`` (all its
+   members at once; the first one that cannot start holds the free slots for itself).
 
 ``wake()`` runs an iteration at once (a job submitted to an idle system starts within a
 fraction of a second); otherwise it runs every ``scheduler_interval_s``.
@@ -25,11 +26,13 @@ import requests
 from pydantic import ValidationError
 
 from cnnswarm.config import Settings
+from cnnswarm.controller.gang import GangDispatcher
 from cnnswarm.controller.metrics import ControllerMetrics, RequeueReason
 from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import auth_headers
 from cnnswarm.protocol import Dispatch
 from cnnswarm.store import Stores
+from cnnswarm.store.gangs import GangSize
 from cnnswarm.store.jobs import Job, JobState
 from cnnswarm.store.trainers import Trainer
 from cnnswarm.urls import quote_segment
@@ -54,6 +57,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
+        self.gangs = GangDispatcher(settings, stores, self._session)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -98,13 +102,16 @@ class Scheduler:
             return []
         if not was_leader:
             granted = self.stores.jobs.grant_grace(self.settings.lease_timeout_s)
+            self.stores.gangs.grant_grace(self.settings.lease_timeout_s)  # whole gangs re-attach
             log.info(
                 "%s became the scheduling leader; %d running job(s) get a fresh lease",
                 self.holder,
                 granted,
             )
-        for job in self.stores.jobs.expire_leases(self.settings.max_attempts):
+        expired = self.stores.jobs.expire_leases(self.settings.max_attempts)
+        for job in expired:
             log.warning("job %s lost its trainer: now %s (%s)", job.id, job.state.value, job.error)
+        for job in expired + self.gangs.end_lost_attempts():
             if job.state == JobState.QUEUED:
                 self.metrics.job_requeued(RequeueReason.LEASE_EXPIRED)
             self.metrics.job_ended(job)
@@ -115,23 +122,27 @@ class Scheduler:
         alive = self.stores.trainers.alive(self.settings.lease_timeout_s)
         if not alive:
             return {}  # no need to count running jobs
-        running = self.stores.jobs.running_per_trainer()
+        running = self.stores.gangs.slots_taken_per_trainer()  # gang members included
         return {t.id: (t, running.get(t.id, 0)) for t in alive}
-
-    def _free_slots(self) -> dict[str, tuple[Trainer, int]]:
-        """The live trainers with a free slot, each with its running job count."""
-        return {
-            trainer.id: (trainer, running)
-            for trainer, running in self._live_trainers().values()
-            if trainer.free_slots(running)
-        }
 
     def _dispatch_queued(self) -> list[Job]:
         dispatched: list[Job] = []
-        free = self._free_slots()
+        live = self._live_trainers()
+        free = {tid: (t, running) for tid, (t, running) in live.items() if t.free_slots(running)}
         if not free:
             return dispatched
         for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100, oldest=True):
+            size = GangSize.of(job)
+            if size is not None:  # a data-parallel job: all its members at once, or none
+                started = self.gangs.dispatch(job, size, free, self._dispatch_of)
+                if started is not None:
+                    self.metrics.attempt_started(job, started)
+                    dispatched.append(started)
+                elif self.gangs.holds_the_queue(size, len(live), resumed=job.attempt > 0):
+                    break  # the free slots wait for it (controller/gang.py: anti-starvation)
+                if not free:
+                    break
+                continue
             # A trainer that refuses (busy finishing a job the DB already counts as done,
             # unreachable) is skipped and the same job offered to the next one, so an idle
             # trainer is never left waiting behind a busy one.
@@ -239,12 +250,13 @@ class Scheduler:
             )
 
     def capacity(self) -> Capacity:
-        """The live trainers' slots now (two queries, read once for a whole job listing)."""
+        """The live trainers' slots now (a few queries, read once for a whole job listing)."""
         live = self._live_trainers().values()
         return Capacity(
             trainers=len(live),
             slots=sum(trainer.slots for trainer, _ in live),
             free_slots=sum(trainer.free_slots(running) for trainer, running in live),
+            free_trainers=sum(1 for trainer, running in live if trainer.free_slots(running)),
         )
 
 
@@ -255,11 +267,15 @@ class Capacity:
     trainers: int
     slots: int
     free_slots: int
+    free_trainers: int = 0  # live trainers with at least one free slot
 
-    def waiting_reason(self, jobs_ahead: int) -> str:
-        """Why a queued job with ``jobs_ahead`` jobs before it has not started."""
+    def waiting_reason(self, jobs_ahead: int, workers: int = 1) -> str:
+        """Why a queued job with ``jobs_ahead`` jobs before it, needing ``workers`` trainers
+        at once, has not started."""
         if not self.trainers:
             return "no trainer is connected; the job starts when one registers"
+        if workers > 1 and self.free_trainers < workers:
+            return f"needs {workers} free trainers, {self.free_trainers} free"
         if not self.free_slots:
             return f"all {self.slots} trainer slot(s) are busy"
         if jobs_ahead:

@@ -50,6 +50,7 @@ from cnnswarm.ml.artifact import ModelArtifact, preprocessing_of
 from cnnswarm.ml.calibrate import recalibrate_on_images
 from cnnswarm.ml.checkpoint import capture_rng_states, detached_copy, restore_rng_states
 from cnnswarm.ml.datasets.base import ArrayDataset, Normalization, normalize
+from cnnswarm.ml.distributed import Gang, shard_bounds
 from cnnswarm.ml.models import ModelConfig
 from cnnswarm.ml.train_options import TrainOptions
 
@@ -145,10 +146,15 @@ def _scheduler_state(scheduler: Any) -> dict[str, Any]:
     return {k: v for k, v in scheduler.state_dict().items() if k != "milestones"}
 
 
-def _flip_some(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2 (on the uint8 batch: cheap)."""
-    flip = torch.rand(len(x), generator=generator) < 0.5
-    x[flip] = x[flip].flip(3)
+def _draw_flips(rows: int, generator: torch.Generator) -> torch.Tensor:
+    """Which of a global batch's ``rows`` images to mirror left-right (each with probability
+    1/2); drawn for the whole batch by every rank, so the generator stays in step."""
+    return torch.rand(rows, generator=generator) < 0.5
+
+
+def _flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the images of ``x`` (a uint8 batch: cheap) where ``flips`` is true."""
+    x[flips] = x[flips].flip(3)
     return x
 
 
@@ -190,6 +196,7 @@ def train(
     device: str | torch.device | None = None,
     threads: int | Callable[[], int] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    gang: Gang | None = None,
 ) -> TrainResult:
     """Train ``model_type`` on ``dataset``; resume a checkpointed run when given its checkpoint.
 
@@ -199,6 +206,15 @@ def train(
     (default: this process's CPU share; either way 1 for tiny batches, see ``threads_for``).
     ``clock`` is read, in seconds, for ``duration_s``, ``images_per_s`` and the training time a
     checkpoint carries (tests pass one that advances as they choose).
+
+    With a ``gang`` (``cnnswarm.ml.distributed``) this process is one rank of a data-parallel
+    run that equals the one-process run: the same seeded data order and flips on every rank,
+    each rank training on its shard of every global batch (``batch_size`` is the global batch;
+    the loss is scaled so DDP's gradient average is the global batch's mean gradient), the
+    epoch figures summed over the ranks. Only rank 0 evaluates, reports progress and hands out
+    checkpoints; every rank returns the same weights. Batch norms normalize over each rank's
+    shard (DDP's default; SyncBatchNorm needs CUDA), the one way the run differs from one
+    process's, besides the order of floating-point sums.
     """
     # ---- options, device, threads -----------------------------------------------------------
     if resume_from is not None:
@@ -215,7 +231,11 @@ def train(
     if opts.seed is None:  # record the drawn seed so a resume (and the artefact) can repeat it
         opts = replace(opts, seed=secrets.randbelow(2**31))
     seed = int(opts.seed)  # type: ignore[arg-type]
-    run_device = resolve_device(device, opts)
+    run_device = gang.device if gang is not None else resolve_device(device, opts)
+    rank, world_size = (gang.rank, gang.world_size) if gang is not None else (0, 1)
+    wants_checkpoints = on_checkpoint is not None  # every rank takes part in making one
+    if rank != 0:  # rank 0 alone reports and checkpoints
+        on_progress, on_checkpoint = None, None
     channels, height, width = dataset.input_shape
     batch_pixels = opts.batch_size * height * width
     share = threads if callable(threads) else cpu_share
@@ -247,6 +267,13 @@ def train(
     y_test = torch.from_numpy(np.ascontiguousarray(dataset.y_test))
     batch_size = opts.batch_size
     num_batches = -(-num_train // batch_size)
+    last_batch = num_train - (num_batches - 1) * batch_size
+    if last_batch < world_size:
+        raise InvalidInput(
+            f"the last batch has {last_batch} image(s), fewer than the {world_size} workers: "
+            "choose another batch_size or fewer workers",
+            field="batch_size",
+        )
 
     # ---- model, optimizer, schedule (seeded, so a fresh run is reproducible) -----------------
     torch.manual_seed(seed)
@@ -254,7 +281,7 @@ def train(
     random.seed(seed)
     data_generator = torch.Generator().manual_seed(seed)  # data order and flips
     config = ModelConfig(model_type, channels, height, width, len(dataset.classes))
-    model = config.build().to(run_device)
+    model = config.build().to(run_device)  # the module itself: checkpoints, calibration, eval
     optimizer = make_optimizer(model, opts)
     scheduler = make_scheduler(optimizer, opts)
 
@@ -278,6 +305,11 @@ def train(
         resumed_perm = resume_from["perm"]
         resumed_epoch_state = resume_from["epoch_state"]
         metrics = [dict(m) for m in resume_from["metrics"]]
+    # Under a gang, DDP averages the gradients (and starts every rank from rank 0's weights).
+    trained = gang.wrap(model) if gang is not None else model
+
+    def global_sum(value: torch.Tensor) -> torch.Tensor:
+        return gang.sum(value) if gang is not None else value
 
     def checkpoint(epoch: int, batch: int, perm: Any, epoch_state: Any) -> dict[str, Any]:
         """All that continuing from (epoch, batch) needs; safe to keep while training goes on."""
@@ -308,7 +340,7 @@ def train(
 
     progress_every = max(1, num_batches // PROGRESS_CALLS_PER_EPOCH)
     checkpoint_every = opts.checkpoint_every_batches
-    wants_batch_checkpoints = on_checkpoint is not None and checkpoint_every > 0
+    wants_batch_checkpoints = wants_checkpoints and checkpoint_every > 0
     model.train()
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -317,7 +349,10 @@ def train(
         if resumed_perm is not None and epoch == start_epoch:
             perm, first_batch = resumed_perm, start_batch
             state = resumed_epoch_state or {}
-            loss_sum, correct = state["loss_sum"].to(run_device), state["correct"].to(run_device)
+            # The checkpoint's sums are the gang's; rank 0 carries them, the others add to 0.
+            carried = 1 if rank == 0 else 0
+            loss_sum = state["loss_sum"].to(run_device) * carried
+            correct = state["correct"].to(run_device) * carried
             # This epoch's batches before the checkpoint ran in an earlier process.
             time_before_resume_s = float(state["train_time_s"])
         else:
@@ -331,25 +366,41 @@ def train(
 
         batch_started = clock()
         for batch in range(first_batch, num_batches):
-            if should_cancel is not None and should_cancel():
+            cancel = should_cancel is not None and should_cancel()
+            if gang is not None:
+                cancel = gang.any(cancel)  # every rank stops at the same batch
+            if cancel:
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, batch {batch}")
             if (batch - first_batch) % THREAD_CHECK_BATCHES == 0:
                 retune_threads()  # the epoch's start, then every few batches
             idx = perm[batch * batch_size : (batch + 1) * batch_size]
-            xb = x_train[idx]  # a gathered copy, safe to flip in place
-            if opts.augment:
-                xb = _flip_some(xb, data_generator)
+            flips = _draw_flips(len(idx), data_generator) if opts.augment else None
+            start, end = shard_bounds(len(idx), rank, world_size)
+            mine = idx[start:end]
+            xb = x_train[mine]  # a gathered copy, safe to flip in place
+            if flips is not None:
+                xb = _flip(xb, flips[start:end])
             xb = normalize(xb, dataset.normalization).to(run_device, non_blocking=True)
-            yb = y_train[idx].to(run_device, non_blocking=True)
+            yb = y_train[mine].to(run_device, non_blocking=True)
 
-            with autocast():
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            # DDP's collectives run in forward and backward: a lost peer shows up there.
+            with gang.collectives("training a batch") if gang else contextlib.nullcontext():
+                with autocast():
+                    logits = trained(xb)
+                    if gang is None:
+                        loss = F.cross_entropy(logits, yb)
+                        shard_loss_sum = loss.detach() * len(idx)
+                    else:
+                        # DDP averages over ranks: world_size / len(idx) x this shard's sum
+                        # makes the average the whole global batch's mean, however it is split.
+                        shard_loss = F.cross_entropy(logits, yb, reduction="sum")
+                        loss = shard_loss * (world_size / len(idx))
+                        shard_loss_sum = shard_loss.detach()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
 
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += shard_loss_sum
             correct += (logits.detach().argmax(1) == yb).sum()
 
             done_in_epoch = batch + 1
@@ -358,22 +409,32 @@ def train(
             global_batch = epoch * num_batches + done_in_epoch
             if wants_batch_checkpoints and global_batch % checkpoint_every == 0:
                 elapsed = train_time_s + clock() - batch_started
-                epoch_state = {"loss_sum": loss_sum, "correct": correct, "train_time_s": elapsed}
-                on_checkpoint(checkpoint(epoch, done_in_epoch, perm, epoch_state))  # type: ignore[misc]
+                epoch_state = {
+                    "loss_sum": global_sum(loss_sum),
+                    "correct": global_sum(correct),
+                    "train_time_s": elapsed,
+                }
+                if on_checkpoint is not None:
+                    on_checkpoint(checkpoint(epoch, done_in_epoch, perm, epoch_state))
             if done_in_epoch % progress_every == 0:
                 report(epoch, done_in_epoch)
         train_time_s += clock() - batch_started
 
         # ---- end of epoch: calibrate, evaluate, record, step the schedule, checkpoint ---------
+        loss_sum, correct = global_sum(loss_sum), global_sum(correct)
         train_loss = float(loss_sum) / num_train
-        # Running statistics lag the moving weights; re-estimate them for these weights, so
-        # the test split (and, after the last epoch, every prediction) sees what training saw.
-        recalibrate_on_images(
-            model, x_train, dataset.normalization, batch_size=batch_size, device=run_device
-        )
-        test_loss, test_accuracy = evaluate(
-            model, x_test, y_test, dataset.normalization, run_device, autocast
-        )
+        test_loss: float | None = None
+        test_accuracy: float | None = None
+        if rank == 0:  # the others go on to the next epoch's first batch and wait there
+            # Running statistics lag the moving weights; re-estimate them for these weights, so
+            # the test split (and, after the last epoch, every prediction) sees what training
+            # saw.
+            recalibrate_on_images(
+                model, x_train, dataset.normalization, batch_size=batch_size, device=run_device
+            )
+            test_loss, test_accuracy = evaluate(
+                model, x_test, y_test, dataset.normalization, run_device, autocast
+            )
         metrics.append(
             {
                 "epoch": epoch + 1,

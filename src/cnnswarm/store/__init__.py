@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from cnnswarm.store.artifacts import ArtifactStore
 from cnnswarm.store.catalog import Catalog
 from cnnswarm.store.db import create_schema, make_engine
+from cnnswarm.store.gangs import GangStore
 from cnnswarm.store.jobs import JobStore
 from cnnswarm.store.leader import LeaderLease
 from cnnswarm.store.trainers import TrainerRegistry
@@ -24,6 +25,7 @@ class Stores:
     trainers: TrainerRegistry
     leader: LeaderLease
     artifacts: ArtifactStore
+    gangs: GangStore
 
     def close(self) -> None:
         """Release database connections."""
@@ -45,4 +47,5 @@ def open_stores(database_url: str, home_dir: str | object) -> Stores:
         trainers=TrainerRegistry(engine),
         leader=LeaderLease(engine),
         artifacts=artifacts,
+        gangs=GangStore(engine),
     )

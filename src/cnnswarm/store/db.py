@@ -138,6 +138,26 @@ job_attempts = Table(
     Column("checkpointed", Boolean, nullable=False, default=False),
 )
 
+# Data-parallel jobs (cnnswarm.store.gangs): the gang size a job asked for (no row: one
+# worker), and each attempt's members, rank 0 being the job's own trainer_id and lease.
+gangs = Table(
+    "gangs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("workers", Integer, nullable=False),
+    Column("min_workers", Integer, nullable=False),
+)
+
+gang_members = Table(
+    "gang_members",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("trainer_id", String(128), nullable=False, index=True),
+    Column("lease_expires_at", Float, nullable=False),
+)
+
 # The scheduler's leader lease: exactly one controller schedules at a time.
 leader = Table(
     "leader",

@@ -39,19 +39,21 @@ class JobSpec:
     model_type: str
     example_idxs: list[int] | None
     train_opts: dict[str, Any]
+    workers: int = 1  # > 1: a data-parallel job (cnnswarm.store.gangs)
+    min_workers: int | None = None  # None: workers; the smallest gang a resumed attempt takes
 
     def fingerprint(self) -> str:
         """A hash of the request, to tell an idempotent retry from a different request."""
-        payload = json.dumps(
-            {
-                "model_id": self.model_id,
-                "dataset": self.dataset,
-                "model_type": self.model_type,
-                "example_idxs": self.example_idxs,
-                "train_opts": self.train_opts,
-            },
-            sort_keys=True,
-        )
+        request: dict[str, Any] = {
+            "model_id": self.model_id,
+            "dataset": self.dataset,
+            "model_type": self.model_type,
+            "example_idxs": self.example_idxs,
+            "train_opts": self.train_opts,
+        }
+        if self.workers != 1:  # one-worker jobs keep the hashes they always had
+            request.update(workers=self.workers, min_workers=self.min_workers)
+        payload = json.dumps(request, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -79,6 +81,8 @@ class Job:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    workers: int = 1  # > 1: a data-parallel job (cnnswarm.store.gangs)
+    min_workers: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
@@ -104,6 +108,8 @@ class Job:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             updated_at=row["updated_at"],
+            workers=row.get("workers") or 1,
+            min_workers=row.get("min_workers"),
         )
 
 
@@ -132,7 +138,10 @@ def job_to_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "updated_at": job.updated_at,
+        "workers": job.workers,
     }
+    if job.workers > 1:
+        body["min_workers"] = job.min_workers
     if job.state == JobState.QUEUED:
         body["queue_position"] = queue_position
     return body

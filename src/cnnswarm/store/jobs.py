@@ -37,9 +37,17 @@ from cnnswarm.store.attempts import (
     open_attempt,
 )
 from cnnswarm.store.catalog import insert_model, model_id_taken
+from cnnswarm.store.gangs import add_gang
 from cnnswarm.store.job_records import Job, JobSpec, JobState, job_to_json, new_job_id
 
 __all__ = ["Job", "JobSpec", "JobState", "JobStore", "job_to_json"]
+
+
+def _with_gang() -> Any:
+    """Job rows with the gang size they asked for (``workers`` null: one worker)."""
+    return select(db.jobs, db.gangs.c.workers, db.gangs.c.min_workers).select_from(
+        db.jobs.outerjoin(db.gangs, db.gangs.c.job_id == db.jobs.c.id)
+    )
 
 
 class JobStore:
@@ -87,6 +95,8 @@ class JobStore:
                         updated_at=ts,
                     )
                 )
+                if spec.workers > 1:
+                    add_gang(conn, job_id, spec.workers, spec.min_workers or spec.workers)
         except IntegrityError:
             # Either the key raced with an identical submission, or the model id is taken.
             if idempotency_key is not None:
@@ -98,7 +108,7 @@ class JobStore:
 
     def _by_idempotency_key(self, key: str) -> Mapping[str, Any] | None:
         with self.engine.begin() as conn:
-            row = conn.execute(select(db.jobs).where(db.jobs.c.idempotency_key == key)).first()
+            row = conn.execute(_with_gang().where(db.jobs.c.idempotency_key == key)).first()
         return None if row is None else dict(row._mapping)
 
     def _check_replay(self, row: Mapping[str, Any], key: str, fingerprint: str) -> Job:
@@ -112,7 +122,7 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         """The job, or ``NotFound``."""
         with self.engine.begin() as conn:
-            row = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first()
+            row = conn.execute(_with_gang().where(db.jobs.c.id == job_id)).first()
         if row is None:
             raise NotFound(f"no job with id {job_id!r}", field="job_id")
         return Job.from_row(dict(row._mapping))
@@ -123,7 +133,7 @@ class JobStore:
         """Jobs in submission order, optionally of one state: the newest ``limit`` of them,
         or with ``oldest`` the oldest ``limit`` (the front of the queue)."""
         order = db.jobs.c.seq if oldest else db.jobs.c.seq.desc()
-        query = select(db.jobs).order_by(order).limit(limit)
+        query = _with_gang().order_by(order).limit(limit)
         if state is not None:
             query = query.where(db.jobs.c.state == state.value)
         with self.engine.begin() as conn:
@@ -287,31 +297,38 @@ class JobStore:
         for row in rows:
             job = Job.from_row(dict(row._mapping))
             reason = f"trainer {job.trainer_id} stopped renewing the lease of attempt {job.attempt}"
-            if job.attempt >= max_attempts:
-                values: dict[str, Any] = {
-                    "state": JobState.FAILED.value,
-                    "error": f"{reason}; retry limit of {max_attempts} attempts reached",
-                    "finished_at": ts,
-                }
-            else:
-                values = {"state": JobState.QUEUED.value, "error": f"{reason}; requeued"}
-            with self.engine.begin() as conn:
-                result = conn.execute(
-                    update(db.jobs)
-                    .where(
-                        db.jobs.c.id == job.id,
-                        db.jobs.c.state == JobState.RUNNING.value,
-                        db.jobs.c.attempt == job.attempt,
-                    )
-                    .values(trainer_id=None, lease_expires_at=None, updated_at=ts, **values)
-                )
-                if result.rowcount == 1:
-                    close_attempt(conn, job.id, job.attempt, AttemptEnd.LEASE_LOST, reason, ts)
-                if result.rowcount == 1 and values["state"] == JobState.FAILED.value:
-                    self._release_model_id(conn, job)
-            if result.rowcount == 1:
-                changed.append(self.get(job.id))
+            ended = self.end_lost_attempt(job, reason, max_attempts)
+            if ended is not None:
+                changed.append(ended)
         return changed
+
+    def end_lost_attempt(self, job: Job, reason: str, max_attempts: int) -> Job | None:
+        """End ``job``'s running attempt, lost for ``reason``: requeue it, or fail it past
+        ``max_attempts``. None if the attempt had already moved on."""
+        ts = db.now()
+        if job.attempt >= max_attempts:
+            values: dict[str, Any] = {
+                "state": JobState.FAILED.value,
+                "error": f"{reason}; retry limit of {max_attempts} attempts reached",
+                "finished_at": ts,
+            }
+        else:
+            values = {"state": JobState.QUEUED.value, "error": f"{reason}; requeued"}
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.jobs)
+                .where(
+                    db.jobs.c.id == job.id,
+                    db.jobs.c.state == JobState.RUNNING.value,
+                    db.jobs.c.attempt == job.attempt,
+                )
+                .values(trainer_id=None, lease_expires_at=None, updated_at=ts, **values)
+            )
+            if result.rowcount == 1:
+                close_attempt(conn, job.id, job.attempt, AttemptEnd.LEASE_LOST, reason, ts)
+            if result.rowcount == 1 and values["state"] == JobState.FAILED.value:
+                self._release_model_id(conn, job)
+        return self.get(job.id) if result.rowcount == 1 else None
 
     def grant_grace(self, lease_s: float) -> int:
         """Give every running job a fresh lease (a new leader after downtime does this, so

@@ -25,7 +25,7 @@ from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import json_body, register_error_handlers, require_token
 from cnnswarm.lifecycle import on_stop
-from cnnswarm.protocol import Dispatch, parse
+from cnnswarm.protocol import Dispatch, DispatchAnswer, parse
 from cnnswarm.trainer.agent import HeartbeatAgent, announced_url, make_trainer_id
 from cnnswarm.trainer.controller_api import ControllerClient
 from cnnswarm.trainer.metrics import TrainerMetrics, service_collector
@@ -158,8 +158,13 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         if "job_id" not in body:
             return _forward_seed_train(service)
         dispatch = parse(Dispatch, body)
-        service.runner.start(dispatch)
-        return jsonify({"status": {"initiated": True}, "job_id": dispatch.job_id}), 202
+        started = service.runner.start(dispatch).dispatch
+        answer = DispatchAnswer(
+            status={"initiated": True},
+            job_id=started.job_id,
+            rendezvous_port=started.master_port if started.is_gang and started.rank == 0 else None,
+        )
+        return jsonify(answer.model_dump(mode="json", exclude_none=True)), 202
 
     @app.post("/jobs/<job_id>/cancel")
     @token_required

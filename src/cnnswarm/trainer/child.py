@@ -10,22 +10,28 @@ Guarantees:
   are skipped (the next one supersedes them); the result is retried until delivered, fenced or
   the job is stopped.
 - If the parent process dies, the child exits too (no orphan keeps training).
+- A data-parallel job's rank joins its gang within ``gang_init_timeout_s``; a gang that cannot
+  meet, or breaks (a member killed, crashed or partitioned), ends this rank as a retryable
+  failure (``GangBroken``): the controller requeues the job. Rank 0 alone writes checkpoints and
+  the result, and only it reports progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnswarm.config import Settings
 from cnnswarm.cpu import JobShare, job_share
-from cnnswarm.errors import StaleAttempt, TrainingCancelled
+from cnnswarm.errors import GangBroken, StaleAttempt, TrainingCancelled
 from cnnswarm.protocol import Dispatch
 from cnnswarm.trainer.controller_api import (
     ControllerClient,
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Event
 
+    from cnnswarm.ml.distributed import Gang
+
 log = logging.getLogger(__name__)
 
 # A checkpoint is worth a short wait, not a stalled training run.
@@ -66,6 +74,10 @@ class ChildConfig:
     torch_threads: int  # 0: this job's share of the host's CPUs (cnnswarm.cpu.JobShare)
     force_cpu: bool
     cpu_coordination_dir: Path = field(default_factory=lambda: Settings().cpu_coordination_dir)
+    # A gang that has not met by then fails the attempt; a collective (a peer gone or
+    # partitioned) that long breaks it (cnnswarm.ml.distributed).
+    gang_init_timeout_s: float = 60.0
+    gang_collective_timeout_s: float = 120.0
 
 
 def _exit_when_parent_dies() -> None:
@@ -99,6 +111,9 @@ def child_main(
     except StaleAttempt as exc:
         log.warning("fenced: %s", exc)
         final = fenced(str(exc))
+    except GangBroken as exc:
+        log.warning("gang broken: %s", exc)
+        final = failed(f"{type(exc).__name__}: {exc}", retryable=True)
     except Exception as exc:
         log.exception("job failed")
         final = failed(f"{type(exc).__name__}: {exc}", retryable=False)
@@ -145,17 +160,44 @@ def run_job(
         except ControllerUnavailable as exc:
             log.warning("checkpoint not delivered (training goes on): %s", exc)
 
-    result = train(
-        dispatch.model_type,
-        dataset,
-        opts,
-        resume_from=resume_from,
-        on_progress=on_progress,
-        on_checkpoint=on_checkpoint,
-        should_cancel=cancel.is_set,
-        device="cpu" if config.force_cpu else None,
-        threads=threads,
-    )
+    with gang_of(dispatch, config) as gang:
+        # A gang's members each fetched the same checkpoint above, before meeting: none of
+        # this attempt's checkpoints exists before they all have met.
+        result = train(
+            dispatch.model_type,
+            dataset,
+            opts,
+            resume_from=resume_from,
+            on_progress=on_progress,
+            on_checkpoint=on_checkpoint,
+            should_cancel=cancel.is_set,
+            device="cpu" if config.force_cpu else None,
+            threads=threads,
+            gang=gang,
+        )
     if cancel.is_set():
         raise TrainingCancelled()
-    client.post_result(dispatch.job_id, dispatch.attempt, artifact_to_bytes(result.artifact))
+    if dispatch.rank == 0:  # rank 0 alone publishes (every rank holds the same weights)
+        client.post_result(dispatch.job_id, dispatch.attempt, artifact_to_bytes(result.artifact))
+
+
+@contextlib.contextmanager
+def gang_of(dispatch: Dispatch, config: ChildConfig) -> Iterator[Gang | None]:
+    """The joined gang of a data-parallel dispatch (``GangBroken`` when it cannot meet in
+    time, or breaks while training), or None for a one-trainer job."""
+    if not dispatch.is_gang:
+        yield None
+        return
+    from cnnswarm.ml.distributed import GangMember, join_gang
+
+    assert dispatch.master_addr is not None and dispatch.master_port is not None
+    member = GangMember(
+        dispatch.rank,
+        dispatch.world_size,
+        dispatch.master_addr,
+        dispatch.master_port,
+        init_timeout_s=config.gang_init_timeout_s,
+        collective_timeout_s=config.gang_collective_timeout_s,
+    )
+    with join_gang(member, force_cpu=config.force_cpu) as gang, gang.collectives("training"):
+        yield gang

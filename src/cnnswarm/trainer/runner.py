@@ -35,6 +35,7 @@ from cnnswarm.trainer.controller_api import ControllerClient, ControllerUnavaila
 from cnnswarm.trainer.messages import ChildMessage, FinalMessage, MessageKind, ProgressMessage
 from cnnswarm.trainer.metrics import TrainerMetrics, metrics_off
 from cnnswarm.trainer.outcome import JobPhase, StopReason, decide_outcome
+from cnnswarm.trainer.rendezvous import with_rendezvous_port
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -220,7 +221,8 @@ class JobRunner:
         """Start ``dispatch`` in a new child; ``Conflict`` when no slot is free.
 
         The same job and attempt dispatched twice is accepted once (idempotent); a newer attempt
-        of a job still running here replaces the older one (which has lost its lease).
+        of a job still running here replaces the older one (which has lost its lease). Rank 0
+        of a gang gets its rendezvous port here (``tracked.dispatch.master_port``).
         """
         with self._lock:
             for current in self._active():
@@ -237,6 +239,7 @@ class JobRunner:
                 self._request_stop(current, StopReason.FENCED)
             if not self.free_slots():
                 raise Conflict(f"no free slot: all {self.slots} slot(s) of this trainer are busy")
+            dispatch = with_rendezvous_port(dispatch)
             messages: Queue[ChildMessage] = self._context.Queue()
             cancel = self._context.Event()
             process = self._context.Process(

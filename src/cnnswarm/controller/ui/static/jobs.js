@@ -97,6 +97,8 @@
       var value = form.elements[name].value.trim();
       if (value) body[name] = value;
     });
+    var workers = optionValue(form.elements.workers);  // a data-parallel job when > 1
+    if (workers !== undefined) body.workers = workers;
     var opts = {};
     form.querySelectorAll("[data-option]").forEach(function (input) {
       var value = optionValue(input);
