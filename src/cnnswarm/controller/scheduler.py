@@ -6,6 +6,7 @@ loop and the others wait. A loop iteration:
 1. renew (or take) the leader lease; a controller that just became leader gives running jobs
    a fresh lease first, so trainers can re-attach after a controller outage;
 2. requeue running jobs whose lease expired (or fail them past the retry limit);
+   advance the sweeps (``controller.sweeps``: tell ended trials, prune, ask for new ones);
 3. for each queued job in submission order, pick the live trainer with the fewest running
    jobs and a free slot, claim the job in the DB (attempt + 1), then POST it to the trainer;
    a failed POST undoes the claim.
@@ -25,6 +26,7 @@ import requests
 from pydantic import ValidationError
 
 from cnnswarm.config import Settings
+from cnnswarm.controller.sweeps import SweepEngine
 from cnnswarm.http import auth_headers
 from cnnswarm.protocol import Dispatch
 from cnnswarm.store import Stores
@@ -49,6 +51,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
+        self.sweeps = SweepEngine(stores, self.tell_trainer_to_cancel)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -100,6 +103,10 @@ class Scheduler:
             )
         for job in self.stores.jobs.expire_leases(self.settings.max_attempts):
             log.warning("job %s lost its trainer: now %s (%s)", job.id, job.state.value, job.error)
+        try:
+            self.sweeps.advance()
+        except Exception:  # a sweep's trouble must never stop ordinary scheduling
+            log.exception("advancing the sweeps failed; retrying next round")
         return self._dispatch_queued()
 
     def _live_trainers(self) -> dict[str, tuple[Trainer, int]]:

@@ -11,6 +11,7 @@ from cnnswarm.store.catalog import Catalog
 from cnnswarm.store.db import create_schema, make_engine
 from cnnswarm.store.jobs import JobStore
 from cnnswarm.store.leader import LeaderLease
+from cnnswarm.store.sweeps import SweepStore
 from cnnswarm.store.trainers import TrainerRegistry
 
 
@@ -24,6 +25,7 @@ class Stores:
     trainers: TrainerRegistry
     leader: LeaderLease
     artifacts: ArtifactStore
+    sweeps: SweepStore
 
     def close(self) -> None:
         """Release database connections."""
@@ -45,4 +47,5 @@ def open_stores(database_url: str, home_dir: str | object) -> Stores:
         trainers=TrainerRegistry(engine),
         leader=LeaderLease(engine),
         artifacts=artifacts,
+        sweeps=SweepStore(engine),
     )
