@@ -247,3 +247,33 @@ def test_trials_are_jobs_listed_with_their_sweep(
     listed = client.get("/api/v1/sweeps").get_json()["sweeps"]
     assert [s["id"] for s in listed] == [sweep["id"]] and "trials" not in listed[0]
     assert listed[0]["counts"]["queued"] == 2
+
+
+def test_hyperband_prunes_and_its_rung_records_survive_the_round(
+    client: FlaskClient, context: ControllerContext
+) -> None:
+    sweep = submit(
+        client,
+        space={"lr": {"float": [0.001, 0.1]}},
+        train_opts={"num_epochs": 9},
+        sampler="random",
+        max_trials=8,
+        max_parallel=1,
+        pruner="hyperband",
+    )
+    for number in range(8):
+        context.scheduler.tick()
+        (trial,) = live(show(client, sweep["id"]))
+        accuracy = 0.9 - 0.1 * number  # every trial worse than the ones before it
+        for epoch in range(1, 10):
+            report_epochs(context, trial["job_id"], [accuracy] * epoch)
+            context.scheduler.tick()
+            if context.stores.jobs.get(trial["job_id"]).state == JobState.CANCELLED:
+                break
+        else:
+            succeed(context, trial["job_id"], [accuracy] * 9)
+    context.scheduler.tick()
+    done = show(client, sweep["id"])
+    assert done["state"] == "succeeded" and done["counts"]["pruned"] >= 1, done["counts"]
+    rows = context.stores.sweeps.trials([sweep["id"]])[sweep["id"]]
+    assert any(key.startswith("completed_rung_") for row in rows for key in row.system_attrs)

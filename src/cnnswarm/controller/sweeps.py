@@ -164,6 +164,7 @@ def build_study(sweep: Sweep, trials: Sequence[Trial]) -> optuna.Study:
     """The sweep's study as its rows describe it, in memory, ready to ask trial
     ``len(trials)``."""
     study = optuna.create_study(
+        study_name=sweep.id,  # Hyperband assigns trials to brackets by study name and number
         sampler=make_sampler(sweep.request, len(trials)),
         pruner=make_pruner(sweep.request),
         direction=sweep.request["direction"],
@@ -198,6 +199,9 @@ class SweepEngine:
         self.stores = stores
         self.cancel_on_trainer = cancel_on_trainer
         self._alias_checked: set[str] = set()
+        # (sweep, trial number) -> the epoch the pruner last judged, so a trial is judged once
+        # per reported epoch (a new leader judges the latest epoch once more: harmless).
+        self._judged_epoch: dict[tuple[str, int], int] = {}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def advance(self) -> None:
@@ -234,6 +238,7 @@ class SweepEngine:
             outcome = outcome_of(sweep, trial) if trial.state == TrialState.RUNNING else None
             if outcome is not None:
                 state, value = outcome
+                self._judged_epoch.pop((sweep.id, trial.number), None)
                 if self.stores.sweeps.tell(sweep.id, trial.number, state, value):
                     log.info("sweep %s trial %d: %s %s", sweep.id, trial.number, state, value)
                     told_success |= state == TrialState.SUCCEEDED
@@ -258,17 +263,23 @@ class SweepEngine:
         log.info("sweep %s: %s -> trial %d (%s)", sweep.id, alias, best.number, best.value)
 
     def _prune(self, sweep: Sweep, trials: list[Trial]) -> list[Trial]:
+        if sweep.request["pruner"] == "none":
+            return trials
         judged = [
             t
             for t in trials
-            if t.state == TrialState.RUNNING and t.job.state == JobState.RUNNING and t.job.metrics
+            if t.state == TrialState.RUNNING
+            and t.job.state == JobState.RUNNING
+            and t.job.metrics
+            and self._judged_epoch.get((sweep.id, t.number)) != len(t.job.metrics)
         ]
-        if sweep.request["pruner"] == "none" or not judged:
+        if not judged:
             return trials
         study = build_study(sweep, trials)
         pruner = make_pruner(sweep.request)
         pruned: dict[int, Trial] = {}
         for trial in judged:
+            self._judged_epoch[(sweep.id, trial.number)] = len(trial.job.metrics)
             frozen = study._storage.get_trial(study.trials[trial.number]._trial_id)
             if pruner.prune(study, frozen):
                 pruned[trial.number] = self._prune_one(sweep, trial)
