@@ -232,21 +232,28 @@ class SweepEngine:
                 log.info("sweep %s %s after %d trials", sweep.id, state.value, len(trials))
 
     def _tell_ended(self, sweep: Sweep, trials: list[Trial]) -> list[Trial]:
-        told_success = sweep.id not in self._alias_checked  # a new leader checks once
-        updated = []
-        for trial in trials:
-            outcome = outcome_of(sweep, trial) if trial.state == TrialState.RUNNING else None
-            if outcome is not None:
-                state, value = outcome
-                self._judged_epoch.pop((sweep.id, trial.number), None)
-                if self.stores.sweeps.tell(sweep.id, trial.number, state, value):
-                    log.info("sweep %s trial %d: %s %s", sweep.id, trial.number, state, value)
-                    told_success |= state == TrialState.SUCCEEDED
-                trial = replace(trial, state=state, value=value)
-            updated.append(trial)
-        if told_success:
+        """Tell every trial whose job ended; move the best-model alias if one succeeded (and
+        once per sweep after this controller became leader)."""
+        updated = [self._tell(sweep, trial) for trial in trials]
+        succeeded_now = any(
+            before.state == TrialState.RUNNING and after.state == TrialState.SUCCEEDED
+            for before, after in zip(trials, updated, strict=True)
+        )
+        if succeeded_now or sweep.id not in self._alias_checked:
             self._move_best_alias(sweep, updated)
         return updated
+
+    def _tell(self, sweep: Sweep, trial: Trial) -> Trial:
+        """The trial with its outcome once its job ended; the store's compare-and-set makes
+        the tell happen once, whoever else tries."""
+        outcome = outcome_of(sweep, trial) if trial.state == TrialState.RUNNING else None
+        if outcome is None:
+            return trial
+        state, value = outcome
+        self._judged_epoch.pop((sweep.id, trial.number), None)
+        if self.stores.sweeps.tell(sweep.id, trial.number, state, value):
+            log.info("sweep %s trial %d: %s %s", sweep.id, trial.number, state, value)
+        return replace(trial, state=state, value=value)
 
     def _move_best_alias(self, sweep: Sweep, trials: Sequence[Trial]) -> None:
         best = best_trial(sweep, trials)
@@ -296,7 +303,7 @@ class SweepEngine:
         if trainer_id is not None:
             self.cancel_on_trainer(trainer_id, job.id)
         log.info("sweep %s trial %d pruned at epoch %d", sweep.id, trial.number, job.epoch)
-        return self._tell_ended(sweep, [replace(trial, job=job)])[0]
+        return self._tell(sweep, replace(trial, job=job))
 
     def _ask(self, sweep: Sweep, trials: list[Trial]) -> list[Trial]:
         request = sweep.request
