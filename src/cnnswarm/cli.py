@@ -18,6 +18,7 @@ from typing import Any
 
 from cnnswarm.cli_models import add_model_commands, cmd_models
 from cnnswarm.cli_support import Handler, client_from_args, emit_json
+from cnnswarm.cli_sweeps import add_sweep_commands
 from cnnswarm.client import ClientError
 from cnnswarm.config import ConfigError, Settings, load_settings
 from cnnswarm.progress import ProgressBar, format_table, format_time, last_metrics
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("job", cmd_job, "show one job").add_argument("job_id")
     add("cancel", cmd_cancel, "cancel a job").add_argument("job_id")
     add_model_commands(add("models", cmd_models, "list models, or import / download one"))
+    add_sweep_commands(add)
     alias = add("alias", cmd_alias, "point an alias at a model")
     alias.add_argument("alias")
     alias.add_argument("model_id")

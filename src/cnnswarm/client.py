@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from cnnswarm.client_sweeps import SweepCalls
 from cnnswarm.urls import quote_segment
 
 DEFAULT_URL = "http://127.0.0.1:48515"
@@ -108,8 +109,9 @@ def _unwrap_list(body: Any, key: str) -> list[dict[str, Any]]:
     raise ClientError(200, None, f"unexpected answer: expected a list of {key}, got {body!r:.200}")
 
 
-class Client:
-    """A connection to one controller: ``Client("http://host:48515", token="...")``."""
+class Client(SweepCalls):
+    """A connection to one controller: ``Client("http://host:48515", token="...")``; its sweep
+    calls are ``SweepCalls``'."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")

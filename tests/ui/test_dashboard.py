@@ -301,6 +301,7 @@ def test_every_page_is_sent_with_its_policy_and_loads_only_from_this_origin(
         "/ui/models",
         "/ui/datasets",
         "/ui/trainers",
+        "/ui/sweeps",
         f"/ui/models/{dashboard.model_id}",
     ]
     for path in pages:
@@ -317,3 +318,28 @@ def test_every_page_is_sent_with_its_policy_and_loads_only_from_this_origin(
     browser.open("/")
     assert browser.driver.current_url == dashboard.url + "/ui/"
     assert "running" in requests.get(dashboard.url + "/", timeout=10).text
+
+
+def test_a_sweep_page_shows_the_leaderboard_best_first_and_a_curve_per_trial(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    sweep = dashboard.client.submit_sweep(
+        dashboard.dataset_id,
+        {"lr": {"choice": [0.0003, 0.01]}},
+        train_opts={**QUICK_OPTS, "num_epochs": 2},
+        sampler="grid",
+        max_parallel=1,
+    )
+    sweep_id = str(sweep["id"])
+    browser.open(f"/ui/sweeps/{sweep_id}")
+    browser.wait_text("#sweep-facts .badge", lambda state: state == "succeeded", timeout=240)
+    done = dashboard.client.get_sweep(sweep_id)
+    values = {trial["number"]: trial["value"] for trial in done["trials"]}
+    shown = [int(row.get_attribute("data-trial")) for row in browser.find_all("#board-body tr")]
+    assert shown == sorted(values, key=lambda number: (-values[number], number))
+    assert browser.find("#chart-trials").get_attribute("data-series") == "2"
+    assert done["best_model"] in browser.text("#sweep-facts")
+    assert browser.find("#cancel-sweep").get_attribute("disabled") is not None
+    browser.screenshot("sweep")
+    browser.open("/ui/sweeps")
+    browser.wait_text(f'#sweeps-body tr[data-sweep-id="{sweep_id}"]', lambda t: "2 / 2" in t)

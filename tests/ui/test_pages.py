@@ -38,6 +38,8 @@ PAGES = [
     "/ui/datasets",
     "/ui/datasets/digits",
     "/ui/trainers",
+    "/ui/sweeps",
+    "/ui/sweeps/sweep-0123456789abcdef",
 ]
 CONTENT_TYPES = {
     ".js": {"text/javascript", "application/javascript"},
@@ -108,7 +110,7 @@ def test_no_script_of_the_dashboard_writes_markup_from_strings() -> None:
 
 def test_an_id_in_a_page_url_is_escaped_in_the_page(client: FlaskClient) -> None:
     hostile = "<img src=x onerror=alert(1)>"
-    for path in ("/ui/jobs/", "/ui/models/", "/ui/datasets/"):
+    for path in ("/ui/jobs/", "/ui/models/", "/ui/datasets/", "/ui/sweeps/"):
         html = client.get(path + hostile).get_data(as_text=True)
         assert hostile not in html, path
         assert "&lt;img src=x onerror=alert(1)&gt;" in html, path

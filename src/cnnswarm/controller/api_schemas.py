@@ -331,7 +331,8 @@ class Job(BaseModel):
     metrics: EpochMetrics
     trainer: Annotated[str | None, Field(description="the trainer running it, or that ran it")]
     attempt: int
-    error: str | None
+    error: Annotated[str | None, Field(description="why it failed; a pruned trial: pruned")]
+    sweep: Annotated[str | None, Field(description="the sweep whose trial it is")] = None
     created_at: float
     started_at: float | None
     finished_at: float | None

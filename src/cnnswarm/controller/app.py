@@ -26,6 +26,7 @@ from cnnswarm.controller import (
     model_files_api,
     models_api,
     seed_routes,
+    sweeps_api,
     ui,
 )
 from cnnswarm.controller.context import ControllerContext, ctx
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     for blueprint in (
         seed_routes.bp,
         jobs_api.bp,
+        sweeps_api.bp,
         models_api.bp,
         model_files_api.bp,
         datasets_api.bp,

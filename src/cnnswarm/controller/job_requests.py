@@ -28,8 +28,8 @@ from cnnswarm.protocol import MAX_WORKERS, ExampleIdxs, SafeId, check_example_id
 from cnnswarm.store.jobs import JobSpec
 
 
-class JobRequest(BaseModel):
-    """A training job request: the body of POST /api/v1/jobs and of the seed's /train."""
+class JobBase(BaseModel):
+    """What a job trains: the fields a job request and a sweep's base job share."""
 
     # This declaration is both the validation and (model_json_schema) the OpenAPI schema.
 
@@ -45,13 +45,18 @@ class JobRequest(BaseModel):
     model_type: Annotated[
         str | None, Field(description="null: the default model for the dataset's images")
     ] = None
+    example_idxs: ExampleIdxs | None = None
+    # Checked by TrainOptions.from_dict once model_type is known: the defaults depend on it.
+    train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
+
+
+class JobRequest(JobBase):
+    """A training job request: the body of POST /api/v1/jobs and of the seed's /train."""
+
     model_id: Annotated[
         SafeId | None,
         Field(description="null: generated (from the Idempotency-Key when given)"),
     ] = None
-    example_idxs: ExampleIdxs | None = None
-    # Checked by TrainOptions.from_dict once model_type is known: the defaults depend on it.
-    train_opts: Annotated[dict[str, Any], WithJsonSchema(TrainOptions.json_schema())] | None = None
     workers: Annotated[
         int,
         Field(

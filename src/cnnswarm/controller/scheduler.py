@@ -6,6 +6,7 @@ loop and the others wait. A loop iteration:
 1. renew (or take) the leader lease; a controller that just became leader gives running jobs
    a fresh lease first, so trainers can re-attach after a controller outage;
 2. requeue running jobs whose lease expired (or fail them past the retry limit);
+   advance the sweeps (``controller.sweeps``: tell ended trials, prune, ask for new ones);
 3. for each queued job in submission order, pick the live trainer with the fewest running
    jobs and a free slot, claim the job in the DB (attempt + 1), then POST it to the trainer;
    a failed POST undoes the claim. A data-parallel job goes to ``controller/gang.py`` (all its
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from cnnswarm.config import Settings
 from cnnswarm.controller.gang import GangDispatcher
 from cnnswarm.controller.metrics import ControllerMetrics, RequeueReason
+from cnnswarm.controller.sweeps import SweepEngine
 from cnnswarm.exposition import AppMetrics
 from cnnswarm.http import auth_headers
 from cnnswarm.protocol import Dispatch
@@ -58,6 +60,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
         self.gangs = GangDispatcher(settings, stores, self._session)
+        self.sweeps = SweepEngine(stores, self.tell_trainer_to_cancel)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -115,6 +118,10 @@ class Scheduler:
             if job.state == JobState.QUEUED:
                 self.metrics.job_requeued(RequeueReason.LEASE_EXPIRED)
             self.metrics.job_ended(job)
+        try:
+            self.sweeps.advance()
+        except Exception:  # a sweep's trouble must never stop ordinary scheduling
+            log.exception("advancing the sweeps failed; retrying next round")
         return self._dispatch_queued()
 
     def _live_trainers(self) -> dict[str, tuple[Trainer, int]]:

@@ -12,6 +12,7 @@ from cnnswarm.store.db import create_schema, make_engine
 from cnnswarm.store.gangs import GangStore
 from cnnswarm.store.jobs import JobStore
 from cnnswarm.store.leader import LeaderLease
+from cnnswarm.store.sweeps import SweepStore
 from cnnswarm.store.trainers import TrainerRegistry
 
 
@@ -26,6 +27,7 @@ class Stores:
     leader: LeaderLease
     artifacts: ArtifactStore
     gangs: GangStore
+    sweeps: SweepStore
 
     def close(self) -> None:
         """Release database connections."""
@@ -48,4 +50,5 @@ def open_stores(database_url: str, home_dir: str | object) -> Stores:
         leader=LeaderLease(engine),
         artifacts=artifacts,
         gangs=GangStore(engine),
+        sweeps=SweepStore(engine),
     )

@@ -57,6 +57,8 @@ jobs = Table(
     Column("has_checkpoint", Boolean, nullable=False, default=False),
     Column("idempotency_key", String(200), nullable=True, unique=True),
     Column("request_hash", String(64), nullable=True),
+    # The sweep whose trial this job is (null: an ordinary job); see store.sweeps.
+    Column("sweep_id", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
@@ -158,6 +160,38 @@ gang_members = Table(
     Column("lease_expires_at", Float, nullable=False),
 )
 
+# Hyperparameter sweeps (store.sweeps): the request, and one row per trial the leader asked
+# Optuna for. (sweep_id, number) is the primary key and the trial's job is inserted in the same
+# transaction, so one trial slot can never be asked for twice.
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("seq", Integer, Identity(), primary_key=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("request", JSON, nullable=False),
+    Column("idempotency_key", String(200), nullable=True, unique=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+sweep_trials = Table(
+    "sweep_trials",
+    metadata,
+    Column("sweep_id", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("job_id", String(64), nullable=False, unique=True),
+    Column("params", JSON, nullable=False),
+    Column("system_attrs", JSON, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("value", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("told_at", Float, nullable=True),
+)
+
 # The scheduler's leader lease: exactly one controller schedules at a time.
 leader = Table(
     "leader",
@@ -208,6 +242,7 @@ def create_schema(engine: Engine) -> None:
         # Another controller created them at the same moment; check they are there now.
         metadata.create_all(engine)
     _upgrade_jobs_numbering(engine)
+    _add_missing_nullable_columns(engine, jobs)
 
 
 def _jobs_numbered_by_controller(conn: Connection) -> bool:
@@ -255,3 +290,25 @@ def _upgrade_jobs_numbering(engine: Engine) -> None:
                 " false) FROM jobs"
             )
         conn.exec_driver_sql(f"DROP TABLE {old}")
+
+
+def _add_missing_nullable_columns(engine: Engine, table: Table) -> None:
+    """Add the nullable columns of ``table`` that a database of an earlier version lacks (such
+    as ``jobs.sweep_id``); a no-op on a current table, safe for controllers starting at once."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    with engine.connect() as conn:
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for column in table.c:
+        if column.name in present or not column.nullable:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+        except (OperationalError, ProgrammingError):
+            # Another controller added it at the same moment; check it is there now.
+            with engine.connect() as conn:
+                names = {c["name"] for c in inspect(conn).get_columns(table.name)}
+            if column.name not in names:
+                raise

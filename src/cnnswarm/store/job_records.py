@@ -77,6 +77,7 @@ class Job:
     metrics: list[dict[str, Any]]
     error: str | None
     has_checkpoint: bool
+    sweep_id: str | None
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -104,6 +105,7 @@ class Job:
             metrics=row["metrics"] or [],
             error=row["error"],
             has_checkpoint=bool(row["has_checkpoint"]),
+            sweep_id=row.get("sweep_id"),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -134,6 +136,7 @@ def job_to_json(job: Job, queue_position: int | None = None) -> dict[str, Any]:
         "trainer": job.trainer_id,
         "attempt": job.attempt,
         "error": job.error,
+        "sweep": job.sweep_id,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -40,7 +40,43 @@ from cnnswarm.store.catalog import insert_model, model_id_taken
 from cnnswarm.store.gangs import add_gang
 from cnnswarm.store.job_records import Job, JobSpec, JobState, job_to_json, new_job_id
 
-__all__ = ["Job", "JobSpec", "JobState", "JobStore", "job_to_json"]
+__all__ = ["Job", "JobSpec", "JobState", "JobStore", "insert_job", "job_to_json"]
+
+
+def insert_job(
+    conn: Any,
+    job_id: str,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    sweep_id: str | None = None,
+) -> None:
+    """Insert a queued job and reserve its model id, inside the caller's transaction
+    (``IntegrityError`` when the model id or the key is taken)."""
+    ts = db.now()
+    conn.execute(insert(db.model_ids).values(model_id=spec.model_id, job_id=job_id))
+    conn.execute(
+        insert(db.jobs).values(
+            id=job_id,
+            model_id=spec.model_id,
+            dataset=spec.dataset,
+            model_type=spec.model_type,
+            example_idxs=spec.example_idxs,
+            train_opts=spec.train_opts,
+            state=JobState.QUEUED.value,
+            attempt=0,
+            progress=0.0,
+            epoch=0,
+            metrics=[],
+            has_checkpoint=False,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            sweep_id=sweep_id,
+            created_at=ts,
+            updated_at=ts,
+        )
+    )
 
 
 def _with_gang() -> Any:
@@ -71,29 +107,10 @@ class JobStore:
             if existing is not None:
                 return self._check_replay(existing, idempotency_key, fingerprint), False
         job_id = new_job_id()
-        ts = db.now()
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(db.model_ids).values(model_id=spec.model_id, job_id=job_id))
-                conn.execute(
-                    insert(db.jobs).values(
-                        id=job_id,
-                        model_id=spec.model_id,
-                        dataset=spec.dataset,
-                        model_type=spec.model_type,
-                        example_idxs=spec.example_idxs,
-                        train_opts=spec.train_opts,
-                        state=JobState.QUEUED.value,
-                        attempt=0,
-                        progress=0.0,
-                        epoch=0,
-                        metrics=[],
-                        has_checkpoint=False,
-                        idempotency_key=idempotency_key,
-                        request_hash=fingerprint,
-                        created_at=ts,
-                        updated_at=ts,
-                    )
+                insert_job(
+                    conn, job_id, spec, idempotency_key=idempotency_key, request_hash=fingerprint
                 )
                 if spec.workers > 1:
                     add_gang(conn, job_id, spec.workers, spec.min_workers or spec.workers)
@@ -423,8 +440,9 @@ class JobStore:
             raise self._stale(job_id, attempt)
         return self.get(job_id)
 
-    def cancel(self, job_id: str) -> tuple[Job, str | None]:
-        """queued|running -> cancelled; returns the job and the trainer that ran it.
+    def cancel(self, job_id: str, reason: str | None = None) -> tuple[Job, str | None]:
+        """queued|running -> cancelled, recording ``reason`` as its error (a sweep's pruned
+        trial: ``pruned``); returns the job and the trainer that ran it.
 
         Cancelling an already cancelled job is a no-op; a finished one raises ``Conflict``.
         """
@@ -444,6 +462,7 @@ class JobStore:
                 )
                 .values(
                     state=JobState.CANCELLED.value,
+                    error=db.jobs.c.error if reason is None else reason,
                     finished_at=ts,
                     lease_expires_at=None,
                     updated_at=ts,
@@ -452,10 +471,10 @@ class JobStore:
             if result.rowcount == 1:
                 self._release_model_id(conn, job)
             if result.rowcount == 1 and job.state == JobState.RUNNING:
-                reason = "cancelled by a client"
-                close_attempt(conn, job_id, job.attempt, AttemptEnd.CANCELLED, reason, ts)
+                why = reason or "cancelled by a client"
+                close_attempt(conn, job_id, job.attempt, AttemptEnd.CANCELLED, why, ts)
         if result.rowcount != 1:
-            return self.cancel(job_id)  # it moved meanwhile: decide again on its new state
+            return self.cancel(job_id, reason)  # it moved meanwhile: decide again on its new state
         return self.get(job_id), job.trainer_id
 
     # -- helpers --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The web dashboard at ``/ui/``: Jobs, Job, Models, Datasets and Trainers pages.
+"""The web dashboard at ``/ui/``: Jobs, Job, Models, Datasets, Sweeps and Trainers pages.
 
 The pages are Flask templates plus static scripts; every figure on them and every action they
 take goes through the public API routes (``/api/v1/...``), the same ones the CLI uses, so the

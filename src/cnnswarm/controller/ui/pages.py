@@ -128,6 +128,18 @@ def dataset_page(dataset_id: str) -> str:
     return _page("dataset.html", "datasets", dataset_id=dataset_id)
 
 
+@bp.get("/sweeps")
+def sweeps_page() -> str:
+    """Sweeps: each sweep's state, trial counts and best value."""
+    return _page("sweeps.html", "sweeps")
+
+
+@bp.get("/sweeps/<sweep_id>")
+def sweep_page(sweep_id: str) -> str:
+    """One sweep: its leaderboard, each trial's curve, cancel."""
+    return _page("sweep.html", "sweeps", sweep_id=sweep_id)
+
+
 @bp.get("/trainers")
 def trainers_page() -> str:
     """Trainers: live state, slots, running jobs, last heartbeat."""

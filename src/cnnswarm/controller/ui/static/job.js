@@ -104,6 +104,7 @@
       ["Model", el("span", { className: "mono" }, job.model_id)],
       ["Dataset", job.dataset ? cnn.link(cnn.links.dataset(job.dataset), job.dataset) : null],
       ["Model type", job.model_type],
+      ["Sweep", job.sweep ? cnn.link(cnn.links.sweep(job.sweep), job.sweep, "mono") : null],
       ["Epoch", total ? epochsDone(job) + " / " + total : String(epochsDone(job))],
       ["Attempt", String(job.attempt)],
       ["Trainer", job.trainer ? el("span", { className: "mono" }, job.trainer) : null],

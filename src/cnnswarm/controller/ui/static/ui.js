@@ -117,6 +117,7 @@
     job: function (id) { return "/ui/jobs/" + seg(id); },
     model: function (id) { return "/ui/models/" + seg(id); },
     dataset: function (id) { return "/ui/datasets/" + seg(id); },
+    sweep: function (id) { return "/ui/sweeps/" + seg(id); },
   };
   function link(href, text, className) { return el("a", { href: href, className: className }, text); }
 
