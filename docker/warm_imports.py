@@ -1,6 +1,6 @@
 """Import what a cnn-swarm server runs, so Python writes bytecode for those modules only.
 
-The images install packages with ``pip --no-compile`` (bytecode for all of torch, scipy and sympy
+The images install packages with ``pip --no-compile`` (bytecode for all of torch and sympy
 would add ~200 MB) and run this at build time: the modules a server imports get their ``.pyc``
 (fast start-up for a non-root user who cannot write them), the rest stay source only.
 
@@ -21,16 +21,15 @@ def warm_dependencies() -> None:
     import gunicorn.app.base  # noqa: F401
     import gunicorn.workers.gthread  # noqa: F401
     import numpy  # noqa: F401
+    import optuna  # noqa: F401
     import PIL.Image  # noqa: F401
+    import prometheus_client  # noqa: F401
     import psycopg  # noqa: F401
     import requests  # noqa: F401
     import sqlalchemy
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
     import sqlalchemy.dialects.sqlite  # noqa: F401
     import torch
-    from sklearn.datasets import load_digits
-
-    load_digits()
     sqlalchemy.create_engine("sqlite://").connect().close()
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten()

@@ -20,6 +20,26 @@ from cnnswarm.ml.datasets import (
 from cnnswarm.ml.datasets.stats import stratified_split
 
 
+def test_vendored_digits_are_scikit_learns(tmp_path: Path) -> None:
+    """``ml/datasets/data/digits.npz`` holds scikit-learn's digits and its stratified split
+    exactly (``data/VENDORED.md`` says how it was made); scikit-learn is a test dependency."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    ds = load_builtin("digits", tmp_path)
+    bunch = load_digits()
+    x = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]
+    train_idx, test_idx = train_test_split(
+        np.arange(len(bunch.target)), test_size=360, stratify=bunch.target, random_state=0
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    assert ds.classes == [str(int(n)) for n in bunch.target_names]
+    np.testing.assert_array_equal(ds.x_train, x[train_idx])
+    np.testing.assert_array_equal(ds.y_train, bunch.target[train_idx])
+    np.testing.assert_array_equal(ds.x_test, x[test_idx])
+    np.testing.assert_array_equal(ds.y_test, bunch.target[test_idx])
+
+
 def test_digits_fixed_split(tmp_path: Path) -> None:
     ds = load_builtin("digits", tmp_path)
     assert ds.input_shape == (1, 8, 8) and ds.classes == [str(i) for i in range(10)]

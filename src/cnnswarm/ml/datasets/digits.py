@@ -1,12 +1,18 @@
-"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), offline.
+"""The 8x8 handwritten digits that scikit-learn ships (1,797 images, 10 classes), offline.
 
-Pixels (0..16) are scaled to uint8 0..255 as ``round(v * 255 / 16)``; one channel. The split is
-fixed: ``sklearn.model_selection.train_test_split(test_size=360, stratify=labels,
-random_state=0)`` -> 1,437 train / 360 test, the same on every machine. The normalization is
-computed from the training split.
+The images and the split are vendored in ``data/digits.npz`` (47 KB; see ``data/VENDORED.md``),
+so serving and training need neither scikit-learn nor SciPy (about 150 MB of an image):
+- ``x``: uint8 ``(1797, 1, 8, 8)``, scikit-learn's pixels (0..16) scaled as ``round(v * 255 / 16)``;
+- ``y``: the labels 0..9;
+- ``test_idx``: the 360 test rows (sorted) of ``sklearn.model_selection.train_test_split(
+  test_size=360, stratify=labels, random_state=0)``, the rest (1,437) being the training split.
+``tests/ml/test_datasets.py`` checks the file against scikit-learn (a test dependency). The
+normalization is computed from the training split.
 """
 
 from __future__ import annotations
+
+from importlib import resources
 
 import numpy as np
 
@@ -15,29 +21,25 @@ from cnnswarm.ml.datasets.stats import normalization_from
 
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
+DIGITS_FILE = "digits.npz"
 
 
 def load_digits() -> ArrayDataset:
     """The ``digits`` dataset: uint8 ``(N, 1, 8, 8)``, classes ``"0" .. "9"``, 1437/360 split."""
-    # Imported here: scikit-learn is slow to import and only this loader needs it.
-    from sklearn.datasets import load_digits as sklearn_load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sklearn_load_digits()
-    images = np.rint(np.asarray(bunch.images, dtype=np.float64) * (255.0 / 16.0))
-    x = np.clip(images, 0, 255).astype(np.uint8)[:, np.newaxis, :, :]
-    y = np.asarray(bunch.target, dtype=np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_SPLIT_SEED
-    )
-    train_idx = np.sort(train_idx)
-    test_idx = np.sort(test_idx)
+    with (
+        resources.files(__package__).joinpath("data", DIGITS_FILE).open("rb") as file,
+        np.load(file, allow_pickle=False) as arrays,
+    ):
+        x = np.ascontiguousarray(arrays["x"], dtype=np.uint8)
+        y = arrays["y"].astype(np.int64)
+        is_test = np.zeros(len(y), dtype=bool)
+        is_test[arrays["test_idx"].astype(np.int64)] = True
     return ArrayDataset(
         name="digits",
-        classes=[str(int(n)) for n in bunch.target_names],
-        x_train=np.ascontiguousarray(x[train_idx]),
-        y_train=y[train_idx],
-        x_test=np.ascontiguousarray(x[test_idx]),
-        y_test=y[test_idx],
-        normalization=normalization_from(x[train_idx]),
+        classes=[str(n) for n in range(10)],
+        x_train=np.ascontiguousarray(x[~is_test]),
+        y_train=y[~is_test],
+        x_test=np.ascontiguousarray(x[is_test]),
+        y_test=y[is_test],
+        normalization=normalization_from(x[~is_test]),
     )
