@@ -3,6 +3,7 @@ and the trainer protocol's fencing through the real internal routes."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -121,6 +122,10 @@ def test_events_stream_ends_with_the_final_state(
     client.post(f"/api/v1/jobs/{job['id']}/cancel")
     text = client.get(f"/api/v1/jobs/{job['id']}/events").get_data(as_text=True)
     assert text.startswith("event: end\ndata: {") and '"state": "cancelled"' in text
+    # The end event is the job's whole answer, as GET reads it (attempts included).
+    ended = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+    assert ended == client.get(f"/api/v1/jobs/{job['id']}").json
+    assert "attempts" in ended
 
 
 def _heartbeat(client: FlaskClient, jobs: list[dict[str, Any]], tid: str = "t1") -> Any:

@@ -147,7 +147,9 @@ def job_events(job_id: str) -> Response:
         last_sent = time.monotonic()
         while True:
             job = context.stores.jobs.get(job_id)
-            payload = json.dumps(job_to_json(job))
+            # The end event carries the job's whole answer (GET /jobs/<id>: attempts too), so a
+            # client that waits on the stream gets what it would read; progress stays cheap.
+            payload = json.dumps(describe_job(job) if job.state.is_final else job_to_json(job))
             if payload != last:
                 last, last_sent = payload, time.monotonic()
                 yield f"event: {'end' if job.state.is_final else 'progress'}\ndata: {payload}\n\n"
