@@ -31,9 +31,16 @@ def test_two_controllers_on_postgres(cluster: Cluster, postgres_url: str) -> Non
     shared_home = cluster.root / "controllers-home"
     # B starts first and takes the leader lease; A, which the trainers talk to, does not
     # schedule, so a job submitted through A runs only if B's scheduling reaches the trainers.
-    b = cluster.start_controller("controller-b", home=shared_home, database_url=postgres_url)
+    # One gunicorn worker each: /status's "leader" is its answering worker's (a controller's
+    # other worker would say False), and this test is about two controllers, not workers.
+    one_worker = {"GUNICORN_WORKERS": "1"}
+    b = cluster.start_controller(
+        "controller-b", home=shared_home, database_url=postgres_url, env=one_worker
+    )
     wait_until(lambda: _is_leader(b), 20, what="controller B to lead")
-    a = cluster.start_controller("controller-a", home=shared_home, database_url=postgres_url)
+    a = cluster.start_controller(
+        "controller-a", home=shared_home, database_url=postgres_url, env=one_worker
+    )
     cluster.start_trainers(2, controller=a)
     client_a, client_b = Client(a.url), Client(b.url)
     wait_until(lambda: len(client_b.list_trainers()) == 2, 20, what="trainers seen through B")
