@@ -98,9 +98,8 @@ class Scheduler:
     def tick(self) -> list[Job]:
         """One scheduling round; returns the jobs dispatched (tests call this directly)."""
         was_leader = self.is_leader
-        # The leader lease outlives a few missed rounds and the longest wait of a round (one
-        # dispatch POST, e.g. to a trainer still starting its fork server), not a dead controller.
-        ttl = max(3 * self.settings.scheduler_interval_s, DISPATCH_TIMEOUT_S + 1.0)
+        # The leader lease outlives a few missed rounds but not a dead controller.
+        ttl = max(3 * self.settings.scheduler_interval_s, 2.0)
         self.is_leader = self.stores.leader.try_lead(self.holder, ttl_s=ttl)
         if not self.is_leader:
             return []

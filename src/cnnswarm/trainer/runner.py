@@ -248,15 +248,23 @@ class JobRunner:
                 name=f"job-{dispatch.job_id}-{dispatch.attempt}",
                 daemon=True,
             )
-            process.start()
             job = TrackedJob(dispatch=dispatch, process=process, messages=messages, cancel=cancel)
             self._jobs.pop((dispatch.job_id, dispatch.attempt), None)
             self._jobs[(dispatch.job_id, dispatch.attempt)] = job
             self._forget_old_finished()
-            log.info(
-                "job %s attempt %d started (pid %s)", dispatch.job_id, dispatch.attempt, process.pid
-            )
-            return job
+        # Started outside the lock: the fork server may still be importing torch (seconds), and
+        # heartbeats, which read the jobs under this lock, must go on renewing every lease (this
+        # job's too: it is tracked, and reported, from here on).
+        try:
+            process.start()
+        except BaseException:
+            with self._lock:
+                self._jobs.pop((dispatch.job_id, dispatch.attempt), None)
+            raise
+        log.info(
+            "job %s attempt %d started (pid %s)", dispatch.job_id, dispatch.attempt, process.pid
+        )
+        return job
 
     def stop(self, job_id: str, reason: StopReason, *, attempt: int | None = None) -> bool:
         """Ask a running job to stop (only attempts <= ``attempt`` when given).
@@ -306,7 +314,7 @@ class JobRunner:
             if job.process.exitcode is not None:
                 self._drain(job)  # a child flushes its queue before it exits
                 self._reap(job)
-            elif job.stop_requested_at is not None:
+            elif job.stop_requested_at is not None and job.process.pid is not None:
                 overdue = time.monotonic() - job.stop_requested_at - self.stop_grace_s
                 if overdue > 2.0:
                     job.process.kill()
