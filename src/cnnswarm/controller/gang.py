@@ -38,7 +38,6 @@ from cnnswarm.store import Stores
 from cnnswarm.store.gangs import GangSize
 from cnnswarm.store.jobs import Job, JobState
 from cnnswarm.store.trainers import Trainer
-from cnnswarm.urls import quote_segment
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,17 @@ def choose_trainers(free: FreeSlots, world_size: int) -> list[str]:
 class GangDispatcher:
     """Starts data-parallel jobs for the scheduler and ends the attempts of broken gangs."""
 
-    def __init__(self, settings: Settings, stores: Stores, session: requests.Session) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        session: requests.Session,
+        tell_trainer_to_cancel: Callable[[str, str], None],
+    ) -> None:
         self.settings = settings
         self.stores = stores
         self.session = session
+        self._tell_trainer_to_cancel = tell_trainer_to_cancel  # (trainer_id, job_id)
         # Trainers that did not answer a probe, with the heartbeat they had then.
         self._unreachable: dict[str, float] = {}
 
@@ -185,17 +191,7 @@ class GangDispatcher:
     def cancel_members(self, job_id: str, trainer_ids: list[str]) -> None:
         """Ask each of ``trainer_ids`` to stop ``job_id`` now (heartbeats would tell them)."""
         for trainer_id in trainer_ids:
-            trainer = self.stores.trainers.get(trainer_id)
-            if trainer is None:
-                continue
-            try:
-                self.session.post(
-                    f"{trainer.url.rstrip('/')}/jobs/{quote_segment(job_id)}/cancel",
-                    headers=auth_headers(self.settings.api_token),
-                    timeout=DISPATCH_TIMEOUT_S,
-                )
-            except requests.RequestException as exc:
-                log.info("could not reach trainer %s to stop %s: %s", trainer.url, job_id, exc)
+            self._tell_trainer_to_cancel(trainer_id, job_id)
 
     def _abandon(self, job: Job, started: list[str], reason: str) -> None:
         """End an attempt whose gang could not be completed; stop the members started."""

@@ -59,7 +59,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
-        self.gangs = GangDispatcher(settings, stores, self._session)
+        self.gangs = GangDispatcher(settings, stores, self._session, self.tell_trainer_to_cancel)
         self.sweeps = SweepEngine(stores, self.tell_trainer_to_cancel)
 
     # -- lifecycle ------------------------------------------------------------------------
