@@ -109,10 +109,13 @@ class PredictLoad:
                     outcome = "200 with another request's rows"
                 elif answer.status_code == 503 and "Retry-After" in answer.headers:
                     outcome = "503 + Retry-After"
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                # Refused, reset, or cut off in the middle of the answer's body.
                 outcome = "connection error"
             except requests.Timeout:
                 outcome = "no answer"
+            except requests.RequestException as exc:  # counted, so the sums below show it
+                outcome = f"other {type(exc).__name__}"
             with self._lock:
                 self.outcomes[outcome] += 1
 
