@@ -116,6 +116,10 @@ class Settings:
     force_cpu: bool = False
     gunicorn_workers: int = 2
     gunicorn_threads: int = 16
+    # Names one controller instance (its gunicorn master), shared by its workers so /readyz and
+    # /status say whether this instance leads; empty: each process is its own instance.
+    # Set by ``serve_controller``, never from the environment.
+    controller_instance: str = ""
     # Accepted for seed compatibility and ignored: nothing scans address ranges.
     subnet_train: str = ""
     metrics_enabled: bool = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +201,8 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each,
     their metrics added up through a folder of this instance (``cnnswarm.metrics_dir``)."""
     metrics_dir = use_multiprocess_dir("controller")  # before prometheus_client is imported
+    # One name for this instance's workers (``Scheduler.leads_here``).
+    settings = settings.with_overrides(controller_instance=uuid.uuid4().hex[:12])
     from cnnswarm.controller.app import create_app
 
     def build(worker_settings: Settings) -> Any:

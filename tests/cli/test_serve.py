@@ -94,9 +94,9 @@ def test_the_controller_hands_over_its_leader_lease_when_its_worker_exits(tmp_pa
     """The real controller factory under real gunicorn: SIGTERM runs the scheduler's stop, which
     its factory registered, so the lease row is expired at once, not after its time to live."""
     url_file = tmp_path / "url"
-    # One worker: with two, the SIGTERM can land while the second is still building its app
-    # (the first already leads), and a worker stopped mid-boot makes gunicorn exit with 1.
-    env = dict(os.environ, TORCH_THREADS="1", SCHEDULER_INTERVAL_S="0.1", GUNICORN_WORKERS="1")
+    # The default two workers: the SIGTERM may land while the second is still building its app
+    # (the first already leads).
+    env = dict(os.environ, TORCH_THREADS="1", SCHEDULER_INTERVAL_S="0.1")
     process = subprocess.Popen(
         [sys.executable, "-m", "cnnswarm.cli", "controller", "--host", "127.0.0.1",
          "--port", "0", "--home", str(tmp_path / "home"), "--url-file", str(url_file)],

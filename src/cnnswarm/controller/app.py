@@ -91,9 +91,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     def readyz() -> Response:
         current = ctx()
         ready = current.ready and _database_answers(current)
-        response = jsonify(
-            {"ready": ready, "role": "controller", "leader": current.scheduler.is_leader}
-        )
+        leader = ready and current.scheduler.leads_here()
+        response = jsonify({"ready": ready, "role": "controller", "leader": leader})
         response.status_code = 200 if ready else 503
         return response
 

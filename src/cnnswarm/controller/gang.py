@@ -8,9 +8,10 @@ heartbeat, and a gang dispatched to it would cost the job an attempt.
 
 Dispatch, in order: claim the job (attempt + 1, rank 0's trainer is the job's trainer), record
 the members, dispatch rank 0 (whose trainer answers the port it opened), then ranks 1.. with
-rank 0's address and that port. If rank 0 refuses, the claim is undone; if a later rank
-cannot be dispatched, the attempt ends (requeued) and the members already started are told to
-stop (their rendezvous would time out anyway).
+rank 0's address and that port; each member's lease is renewed as its trainer accepts. If
+rank 0 refuses, the claim is undone; if a later rank cannot be dispatched, the attempt ends
+(requeued) and the members already started are told to stop (their rendezvous would time out
+anyway).
 
 Anti-starvation (the queue policy): jobs are offered in submission order, and the first gang
 that cannot start now although the live trainers could hold it is a barrier: no job queued
@@ -138,6 +139,9 @@ class GangDispatcher:
                 self._abandon(claimed, chosen[:rank], f"rank {rank} could not be dispatched")
                 del free[chosen[rank]]
                 return None
+            # Its lease counts from now: the POSTs before it (a trainer warming up its fork
+            # server answers in seconds) may have outlasted the one given at the claim.
+            self.stores.gangs.renew_member(claimed.id, claimed.attempt, chosen[rank], lease_s)
         for trainer_id in chosen:
             trainer, running = free[trainer_id]
             if trainer.free_slots(running + 1):

@@ -4,7 +4,9 @@ One controller schedules at a time (the ``leader`` lease row); every controller 
 loop and the others wait. A loop iteration:
 
 1. renew (or take) the leader lease; a controller that just became leader gives running jobs
-   a fresh lease first, so trainers can re-attach after a controller outage;
+   a fresh lease first, so trainers can re-attach after a controller outage. While the round
+   runs, a second thread keeps renewing it (a dispatch POST may wait longer than the lease
+   lasts), up to ``ROUND_LEASE_LIMIT_S``: a round stuck longer lets another controller lead;
 2. requeue running jobs whose lease expired (or fail them past the retry limit);
    advance the sweeps (``controller.sweeps``: tell ended trials, prune, ask for new ones);
 3. for each queued job in submission order, pick the live trainer with the fewest running
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -42,6 +45,8 @@ from cnnswarm.urls import quote_segment
 log = logging.getLogger(__name__)
 
 DISPATCH_TIMEOUT_S = 5.0
+# The longest a round keeps the leader lease alive while it runs (see the module docstring).
+ROUND_LEASE_LIMIT_S = 60.0
 
 
 class Scheduler:
@@ -53,11 +58,16 @@ class Scheduler:
         self.settings = settings
         self.stores = stores
         self.metrics = metrics or ControllerMetrics(AppMetrics(enabled=False))
-        self.holder = f"controller-{uuid.uuid4().hex[:12]}"
+        # Lease holder "controller-<instance>-<this scheduler>": the workers of one controller
+        # instance share its first part (``leads_here``).
+        self.instance = settings.controller_instance or uuid.uuid4().hex[:12]
+        self.holder = f"controller-{self.instance}-{uuid.uuid4().hex[:6]}"
         self.is_leader = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lease_keeper: threading.Thread | None = None
+        self._round_started_at: float | None = None  # time.monotonic() of the running round
         self._session = requests.Session()
         self.gangs = GangDispatcher(settings, stores, self._session, self.tell_trainer_to_cancel)
         self.sweeps = SweepEngine(stores, self.tell_trainer_to_cancel)
@@ -69,6 +79,10 @@ class Scheduler:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
             self._thread.start()
+            self._lease_keeper = threading.Thread(
+                target=self._keep_lease, name="scheduler-lease", daemon=True
+            )
+            self._lease_keeper.start()
 
     def stop(self) -> None:
         """Stop the loop and hand the leader lease over at once."""
@@ -76,13 +90,47 @@ class Scheduler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._lease_keeper is not None:
+            self._lease_keeper.join(timeout=10)
         if self.is_leader:
-            self.stores.leader.resign(self.holder)
             self.is_leader = False
+            self.stores.leader.resign(self.holder)
 
     def wake(self) -> None:
         """Run an iteration now (after a submission, a heartbeat with free slots, ...)."""
         self._wake.set()
+
+    def leads_here(self) -> bool:
+        """Whether this controller instance (any of its workers) holds the leader lease now."""
+        holder = self.stores.leader.holder()
+        return holder is not None and holder.startswith(f"controller-{self.instance}-")
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """The leader lease outlives a few missed rounds but not a dead controller."""
+        return max(3 * self.settings.scheduler_interval_s, 2.0)
+
+    def _keep_lease(self) -> None:
+        """Renew the lease every third of its life while a round runs (up to
+        ``ROUND_LEASE_LIMIT_S``); a renewal that fails ends the lead at once."""
+        overrun_logged: float | None = None  # the start of the round last reported stuck
+        while not self._stop.wait(self.lease_ttl_s / 3):
+            started = self._round_started_at
+            if started is None or not self.is_leader:
+                continue
+            if time.monotonic() - started > ROUND_LEASE_LIMIT_S:
+                if overrun_logged != started:
+                    overrun_logged = started
+                    log.error(
+                        "a scheduling round has run %.0f s: its lead lapses", ROUND_LEASE_LIMIT_S
+                    )
+                continue
+            try:
+                if not self.stores.leader.try_lead(self.holder, ttl_s=self.lease_ttl_s):
+                    self.is_leader = False
+                    log.warning("%s lost the scheduling lead during a round", self.holder)
+            except Exception:
+                log.exception("renewing the leader lease failed; retrying")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -98,11 +146,17 @@ class Scheduler:
     def tick(self) -> list[Job]:
         """One scheduling round; returns the jobs dispatched (tests call this directly)."""
         was_leader = self.is_leader
-        # The leader lease outlives a few missed rounds but not a dead controller.
-        ttl = max(3 * self.settings.scheduler_interval_s, 2.0)
-        self.is_leader = self.stores.leader.try_lead(self.holder, ttl_s=ttl)
+        self.is_leader = self.stores.leader.try_lead(self.holder, ttl_s=self.lease_ttl_s)
         if not self.is_leader:
             return []
+        self._round_started_at = time.monotonic()
+        try:
+            return self._lead_round(was_leader)
+        finally:
+            self._round_started_at = None
+
+    def _lead_round(self, was_leader: bool) -> list[Job]:
+        """Steps 1 (grace on a new lead) to 3 of the module docstring, as the leader."""
         if not was_leader:
             granted = self.stores.jobs.grant_grace(self.settings.lease_timeout_s)
             self.stores.gangs.grant_grace(self.settings.lease_timeout_s)  # whole gangs re-attach
@@ -139,6 +193,8 @@ class Scheduler:
         if not free:
             return dispatched
         for job in self.stores.jobs.list_jobs(JobState.QUEUED, limit=100, oldest=True):
+            if not self.is_leader:
+                break  # the lease keeper lost the lead: another controller schedules now
             size = GangSize.of(job)
             if size is not None:  # a data-parallel job: all its members at once, or none
                 started = self.gangs.dispatch(job, size, free, self._dispatch_of)

@@ -124,7 +124,7 @@ def status() -> dict[str, Any]:
     return {
         "train_jobs": train_jobs,
         "job_counts": context.stores.jobs.count_by_state(),
-        "leader": context.scheduler.is_leader,
+        "leader": context.scheduler.leads_here(),
     }
 
 

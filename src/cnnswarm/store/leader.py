@@ -52,6 +52,15 @@ class LeaderLease:
                 return False
         return True
 
+    def holder(self) -> str | None:
+        """Who holds an unexpired lease now; None when nobody does."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(db.leader.c.holder).where(
+                    db.leader.c.name == LEADER_NAME, db.leader.c.expires_at >= db.now()
+                )
+            ).scalar_one_or_none()
+
     def resign(self, holder: str) -> None:
         """Give up the lease at once (clean shutdown), so another controller takes over."""
         with self.engine.begin() as conn:
