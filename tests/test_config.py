@@ -1,4 +1,5 @@
-"""The token policy: a role listening beyond loopback needs an API token unless opted out."""
+"""Settings from the environment: the token policy (a role listening beyond loopback needs an
+API token unless opted out), predict shedding, the gang timeouts."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from cnnswarm.config import (
     load_client_settings,
     load_settings,
 )
+from cnnswarm.trainer.controller_api import ControllerClient
+from cnnswarm.trainer.runner import JobRunner
 
 LOOPBACK_HOSTS = ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"]
 BEYOND_LOOPBACK_HOSTS = ["0.0.0.0", "::", "", "192.168.1.20", "10.0.0.7", "example.org"]
@@ -117,3 +120,19 @@ def test_predict_is_shed_by_queue_time_and_the_retired_count_is_ignored_loudly(
     assert "PREDICT_MAX_QUEUE_S" in caplog.text
     with pytest.raises(ConfigError, match="PREDICT_MAX_QUEUE_S"):
         load_settings({"PREDICT_MAX_QUEUE_S": "0"})
+
+
+def test_gang_timeouts_are_settings_that_reach_the_job_processes(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"GANG_INIT_TIMEOUT_S": "7.5", "GANG_COLLECTIVE_TIMEOUT_S": "30", "HOME_DIR": str(tmp_path)}
+    )
+    runner = JobRunner(settings, ControllerClient(settings.resolved_controller_url))
+    try:
+        config = runner.child_config
+        assert (config.gang_init_timeout_s, config.gang_collective_timeout_s) == (7.5, 30.0)
+    finally:
+        runner.shutdown(1.0)
+    defaults = load_settings({})
+    assert (defaults.gang_init_timeout_s, defaults.gang_collective_timeout_s) == (60.0, 120.0)
+    with pytest.raises(ConfigError, match="GANG_INIT_TIMEOUT_S"):
+        load_settings({"GANG_INIT_TIMEOUT_S": "0"})

@@ -44,6 +44,10 @@ DEFAULTS: dict[str, str] = {
     "LEASE_TIMEOUT_S": "10.0",
     "MAX_ATTEMPTS": "3",
     "SCHEDULER_INTERVAL_S": "0.5",
+    # A data-parallel attempt fails when its gang has not met within the first, or when a
+    # collective (a peer gone or partitioned) blocks longer than the second.
+    "GANG_INIT_TIMEOUT_S": "60",
+    "GANG_COLLECTIVE_TIMEOUT_S": "120",
     "CNN_SWARM_API_TOKEN": "",
     "CNN_SWARM_API_TOKEN_FILE": "",
     # Where the CLI's client commands go; empty means http://127.0.0.1:<FLASK_CONTROLLER_PORT>.
@@ -97,6 +101,8 @@ class Settings:
     lease_timeout_s: float = 10.0
     max_attempts: int = 3
     scheduler_interval_s: float = 0.5
+    gang_init_timeout_s: float = float(DEFAULTS["GANG_INIT_TIMEOUT_S"])
+    gang_collective_timeout_s: float = float(DEFAULTS["GANG_COLLECTIVE_TIMEOUT_S"])
     # Out of repr: settings get printed and logged; the token must never be.
     api_token: str = field(default="", repr=False)
     # Lets a role listen beyond loopback without ``api_token`` (see ``check_token_policy``).
@@ -247,6 +253,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_timeout_s=_float(env, "LEASE_TIMEOUT_S"),
         max_attempts=_int(env, "MAX_ATTEMPTS", minimum=1),
         scheduler_interval_s=_float(env, "SCHEDULER_INTERVAL_S"),
+        gang_init_timeout_s=_float(env, "GANG_INIT_TIMEOUT_S"),
+        gang_collective_timeout_s=_float(env, "GANG_COLLECTIVE_TIMEOUT_S"),
         api_token=_token(env),
         allow_no_token=_bool(env, "CNN_SWARM_ALLOW_NO_TOKEN"),
         max_upload_bytes=_int(env, "MAX_UPLOAD_MB", minimum=1) * 1024 * 1024,

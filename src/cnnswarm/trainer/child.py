@@ -76,8 +76,8 @@ class ChildConfig:
     cpu_coordination_dir: Path = field(default_factory=lambda: Settings().cpu_coordination_dir)
     # A gang that has not met by then fails the attempt; a collective (a peer gone or
     # partitioned) that long breaks it (cnnswarm.ml.distributed).
-    gang_init_timeout_s: float = 60.0
-    gang_collective_timeout_s: float = 120.0
+    gang_init_timeout_s: float = Settings.gang_init_timeout_s
+    gang_collective_timeout_s: float = Settings.gang_collective_timeout_s
 
 
 def _exit_when_parent_dies() -> None:

@@ -147,6 +147,8 @@ class JobRunner:
             torch_threads=child_torch_threads(settings),
             force_cpu=settings.force_cpu,
             cpu_coordination_dir=settings.cpu_coordination_dir,
+            gang_init_timeout_s=settings.gang_init_timeout_s,
+            gang_collective_timeout_s=settings.gang_collective_timeout_s,
         )
         # A fork server that has already imported torch and the engine starts each job in
         # milliseconds instead of seconds (a resumed job is back training sooner); the jobs
