@@ -19,6 +19,14 @@ from ui.dashboard import QUICK_OPTS, Dashboard, digit_pngs, tiny_digits_zip
 pytestmark = [needs_browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+def _open_the_form(browser: Browser, dashboard: Dashboard) -> int:
+    """Open the jobs page with the test's dataset chosen in the form; the jobs there were."""
+    browser.open("/ui/")
+    browser.wait(lambda: browser.find(f'#f-dataset option[value="{dashboard.dataset_id}"]'))
+    Select(browser.find("#f-dataset")).select_by_value(dashboard.dataset_id)
+    return len(dashboard.client.list_jobs())
+
+
 def _fill(browser: Browser, css: str, value: str) -> None:
     field = browser.find(css)
     field.clear()
@@ -29,9 +37,7 @@ def test_a_job_submitted_from_the_form_finishes_with_one_curve_point_per_epoch(
     browser: Browser, dashboard: Dashboard
 ) -> None:
     epochs = 3
-    browser.open("/ui/")
-    browser.wait(lambda: browser.find(f'#f-dataset option[value="{dashboard.dataset_id}"]'))
-    Select(browser.find("#f-dataset")).select_by_value(dashboard.dataset_id)
+    _open_the_form(browser, dashboard)
     Select(browser.find("#f-model_type")).select_by_value("SmallConvNet")
     _fill(browser, "#f-model_id", "from-the-form")
     _fill(browser, "#f-num_epochs", str(epochs))
@@ -70,10 +76,7 @@ def test_a_job_submitted_from_the_form_finishes_with_one_curve_point_per_epoch(
 def test_a_bad_option_shows_the_api_error_next_to_its_field(
     browser: Browser, dashboard: Dashboard
 ) -> None:
-    browser.open("/ui/")
-    browser.wait(lambda: browser.find(f'#f-dataset option[value="{dashboard.dataset_id}"]'))
-    before = len(dashboard.client.list_jobs())
-    Select(browser.find("#f-dataset")).select_by_value(dashboard.dataset_id)
+    before = _open_the_form(browser, dashboard)
     _fill(browser, "#f-lr", "100")
     browser.find("#submit-form button[type=submit]").click()
     message = browser.wait_text("#e-lr", bool)
@@ -94,10 +97,7 @@ def test_a_bad_option_shows_the_api_error_next_to_its_field(
 def test_the_form_asks_for_workers_and_shows_a_bad_count_by_its_field(
     browser: Browser, dashboard: Dashboard
 ) -> None:
-    browser.open("/ui/")
-    browser.wait(lambda: browser.find(f'#f-dataset option[value="{dashboard.dataset_id}"]'))
-    before = len(dashboard.client.list_jobs())
-    Select(browser.find("#f-dataset")).select_by_value(dashboard.dataset_id)
+    before = _open_the_form(browser, dashboard)
     _fill(browser, "#f-workers", "0")
     browser.find("#submit-form button[type=submit]").click()
     message = browser.wait_text("#e-workers", bool)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 from cnnswarm.config import Settings
+from cnnswarm.http import require_token
 from cnnswarm.store import Stores
 
 if TYPE_CHECKING:
@@ -34,3 +35,7 @@ def ctx() -> ControllerContext:
     """The current app's controller context."""
     context: ControllerContext = current_app.extensions["cnnswarm"]
     return context
+
+
+# The controller's routes that change state need its API token (when one is configured).
+token_required = require_token(lambda: ctx().settings.api_token)

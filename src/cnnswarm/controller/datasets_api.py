@@ -18,14 +18,13 @@ from cnnswarm.controller.api_schemas import (
     TrainerList,
     validated,
 )
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.openapi import doc
 from cnnswarm.errors import InvalidInput
-from cnnswarm.http import require_token, uploaded_file
+from cnnswarm.http import uploaded_file
 from cnnswarm.store.artifacts import check_id, copy_stream
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 
 @bp.post("/datasets")

@@ -15,11 +15,11 @@ from typing import Any
 from flask import Blueprint, Response, request, send_file
 
 from cnnswarm.atomic import write_atomic
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.metrics import RequeueReason
 from cnnswarm.controller.model_publish import publish_model
 from cnnswarm.errors import NotFound
-from cnnswarm.http import json_body, require_token
+from cnnswarm.http import json_body
 from cnnswarm.ml.artifact import artifact_from_bytes
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
 from cnnswarm.protocol import (
@@ -34,7 +34,6 @@ from cnnswarm.protocol import (
 from cnnswarm.store.jobs import JobState
 
 bp = Blueprint("internal", __name__, url_prefix="/internal/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 
 @bp.post("/heartbeat")

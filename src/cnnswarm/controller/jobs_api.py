@@ -20,16 +20,15 @@ from cnnswarm.controller.api_schemas import (
     validated,
 )
 from cnnswarm.controller.api_schemas import Job as JobAnswer
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.job_requests import JobRequest, parse_job_request
 from cnnswarm.controller.openapi import doc
-from cnnswarm.http import json_body, require_token
+from cnnswarm.http import json_body
 from cnnswarm.store.artifacts import check_id
 from cnnswarm.store.gangs import GangSize
 from cnnswarm.store.jobs import Job, JobState, job_to_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 EVENT_POLL_S = 0.25
 EVENT_KEEPALIVE_S = 15.0
@@ -68,7 +67,7 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Validate and store a job request (shared by /api/v1/jobs and, with its own
     ``request_model``, the seed's /train)."""
-    key = _idempotency_key()
+    key = idempotency_key()
     context = ctx()
     spec = parse_job_request(body, context.datasets, request_model, idempotency_key=key)
     job, created = context.stores.jobs.submit(spec, idempotency_key=key)
@@ -77,7 +76,8 @@ def submit_job(
     return job, created
 
 
-def _idempotency_key() -> str | None:
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` header, checked (a job or a sweep submission)."""
     headers = {
         name: request.headers[name] for name in ("Idempotency-Key",) if name in request.headers
     }

@@ -9,19 +9,18 @@ from flask import Blueprint, Response, request, send_file
 from pydantic import Field
 
 from cnnswarm.controller.api_schemas import ErrorBody, ImportedModel
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.model_import import ImportRequest, import_model
 from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.predictor import servable_model
 from cnnswarm.errors import InvalidInput, NotFound
-from cnnswarm.http import require_token, uploaded_file
+from cnnswarm.http import uploaded_file
 from cnnswarm.ml.artifact import load_artifact
 from cnnswarm.ml.model_files import torchscript_bytes
 from cnnswarm.store.artifacts import check_id
 from cnnswarm.store.catalog import model_to_json
 
 bp = Blueprint("model_files", __name__, url_prefix="/api/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 
 # The form fields are ImportRequest's (checked by ImportRequest.from_form); the file is checked

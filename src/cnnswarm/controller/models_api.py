@@ -20,17 +20,16 @@ from cnnswarm.controller.api_schemas import (
     PredictUpload,
     validated,
 )
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.predictor import LoadedModel, examples_to_tensor
 from cnnswarm.errors import InvalidInput
-from cnnswarm.http import json_body, require_token
+from cnnswarm.http import json_body
 from cnnswarm.ml.preprocess import images_to_tensor
 from cnnswarm.store.artifacts import check_id
 from cnnswarm.store.catalog import model_to_json
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 IMAGE_FIELDS = ("files", "file", "images", "image")
 

@@ -23,20 +23,19 @@ from cnnswarm.controller.api_schemas import (
     SeedPredictRequest,
     validated,
 )
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
 from cnnswarm.controller.job_requests import SeedTrainRequest
 from cnnswarm.controller.jobs_api import submit_job
 from cnnswarm.controller.models_api import load_model
 from cnnswarm.controller.predictor import examples_to_tensor
 from cnnswarm.errors import CnnSwarmError
-from cnnswarm.http import json_body, require_token
+from cnnswarm.http import json_body
 from cnnswarm.ml.datasets import SEED_CIFAR10_TAGS, normalize
 from cnnswarm.ml.datasets.cifar10 import CIFAR10_CLASSES
 from cnnswarm.protocol import seed_status_entry
 from cnnswarm.store.jobs import JobState
 
 bp = Blueprint("seed", __name__)
-token_required = require_token(lambda: ctx().settings.api_token)
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUS_RECENT_JOBS = 1000

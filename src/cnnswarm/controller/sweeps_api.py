@@ -13,7 +13,8 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from cnnswarm.controller.api_schemas import ErrorBody, JobSubmitHeaders, validated
-from cnnswarm.controller.context import ctx
+from cnnswarm.controller.context import ctx, token_required
+from cnnswarm.controller.jobs_api import idempotency_key
 from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.sweep_schemas import (
     Sweep,
@@ -23,12 +24,11 @@ from cnnswarm.controller.sweep_schemas import (
     parse_sweep_request,
 )
 from cnnswarm.controller.sweeps import SWEEP_CANCELLED_REASON, cancel_live_trials
-from cnnswarm.http import json_body, require_token
+from cnnswarm.http import json_body
 from cnnswarm.store.artifacts import check_id
 from cnnswarm.store.sweeps import sweep_to_json
 
 bp = Blueprint("sweeps", __name__, url_prefix="/api/v1")
-token_required = require_token(lambda: ctx().settings.api_token)
 
 
 def describe_sweep(sweep_id: str) -> dict[str, Any]:
@@ -47,10 +47,7 @@ def describe_sweep(sweep_id: str) -> dict[str, Any]:
     headers=JobSubmitHeaders,
 )
 def create_sweep() -> tuple[Response, int]:
-    headers = {
-        name: request.headers[name] for name in ("Idempotency-Key",) if name in request.headers
-    }
-    key = validated(JobSubmitHeaders, headers, what="header").idempotency_key
+    key = idempotency_key()
     context = ctx()
     stored, request_hash = parse_sweep_request(json_body(), context.datasets)
     sweep, created = context.stores.sweeps.submit(
