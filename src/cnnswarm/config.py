@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,9 @@ def _default_cpu_coordination_dir() -> str:
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
     return f"{runtime_dir}/cnn-swarm-cpu" if runtime_dir else f"{tempfile.gettempdir()}/{user}"
 
+
+# The controller's gunicorn worker classes (GUNICORN_WORKER_CLASS).
+WORKER_CLASSES = ("gthread", "gevent")
 
 # Every default, named once.
 DEFAULTS: dict[str, str] = {
@@ -70,6 +73,9 @@ DEFAULTS: dict[str, str] = {
     # Controller processes (a trainer always runs one) and request threads in each.
     "GUNICORN_WORKERS": "2",
     "GUNICORN_THREADS": "16",
+    # The controller's gunicorn worker class: gthread (threads), or gevent (one event loop per
+    # worker; forward passes run in its thread pool). A trainer always runs gthread.
+    "GUNICORN_WORKER_CLASS": "gthread",
     "SUBNET_TRAIN": "",
     # GET /metrics (Prometheus) and the series behind it, on both roles.
     "METRICS_ENABLED": "1",
@@ -122,6 +128,7 @@ class Settings:
     force_cpu: bool = False
     gunicorn_workers: int = 2
     gunicorn_threads: int = 16
+    gunicorn_worker_class: str = DEFAULTS["GUNICORN_WORKER_CLASS"]
     # Names one controller instance (its gunicorn master), shared by its workers so /readyz and
     # /status say whether this instance leads; empty: each process is its own instance.
     # Set by ``serve_controller``, never from the environment.
@@ -176,6 +183,13 @@ def _float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float:
         raise ConfigError(f"Config '{name}' must be a number, got {raw!r}.") from None
     if value <= minimum:
         raise ConfigError(f"Config '{name}' must be > {minimum}, got {value}.")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: Sequence[str]) -> str:
+    value = _get(env, name).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"Config '{name}' must be one of {', '.join(choices)}, got {value!r}.")
     return value
 
 
@@ -268,6 +282,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         force_cpu=_bool(env, "FORCE_CPU"),
         gunicorn_workers=_int(env, "GUNICORN_WORKERS", minimum=1),
         gunicorn_threads=_int(env, "GUNICORN_THREADS", minimum=1),
+        gunicorn_worker_class=_choice(env, "GUNICORN_WORKER_CLASS", WORKER_CLASSES),
         subnet_train=_get(env, "SUBNET_TRAIN"),
         metrics_enabled=_bool(env, "METRICS_ENABLED"),
     )

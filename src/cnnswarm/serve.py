@@ -110,12 +110,17 @@ class _GunicornApp(BaseApplication):  # type: ignore[misc]
             self.settings.controller_port if self.role == "controller" else self.settings.train_port
         )
 
+    @property
+    def worker_class(self) -> str:
+        """gthread, or for the controller the class its settings name."""
+        return self.settings.gunicorn_worker_class if self.role == "controller" else "gthread"
+
     def load_config(self) -> None:
         options: dict[str, Any] = {
             "bind": [f"{self.host}:{self.port}"],
             "workers": self.workers,
             "threads": self.settings.gunicorn_threads,
-            "worker_class": "gthread",
+            "worker_class": self.worker_class,
             "timeout": WORKER_TIMEOUT_S,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "keepalive": 5,

@@ -25,7 +25,7 @@ import requests
 
 from chaos_support import publish_model_by_hand
 from cluster import Cluster, ServerProcess, living_group_members
-from support import wait_until
+from support import metric_value, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -168,8 +168,21 @@ def test_a_worker_killed_while_it_holds_requests_loses_no_other_request(
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
 
 
-def test_a_training_job_progresses_normally_under_predict_load(cluster: Cluster) -> None:
-    controller = cluster.start_controller(env={"GUNICORN_THREADS": "16"})  # 2 workers: default
+def _batches_of_several_rows(controller: ServerProcess) -> float:
+    """Forward passes this controller ran on more than one row (requests merged)."""
+    exposition = requests.get(f"{controller.url}/metrics", timeout=10).text
+    total = metric_value(exposition, "cnnswarm_predict_batch_size_count") or 0.0
+    single = metric_value(exposition, "cnnswarm_predict_batch_size_bucket", le="1.0") or 0.0
+    return total - single
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_a_training_job_progresses_normally_under_predict_load(
+    cluster: Cluster, worker_class: str
+) -> None:
+    controller = cluster.start_controller(  # 2 workers: the default
+        env={"GUNICORN_THREADS": "16", "GUNICORN_WORKER_CLASS": worker_class}
+    )
     cluster.start_trainer()
     client = cluster.client()
     first = client.submit_job(
@@ -205,3 +218,5 @@ def test_a_training_job_progresses_normally_under_predict_load(cluster: Cluster)
     assert len({p for p in progress_seen if 0 < p < 1}) >= 2  # progress reported on the way
     assert ok_during_job > 0  # the load really ran alongside
     assert set(load.outcomes) == {"200"}, load.outcomes  # c=32 is served, none refused
+    # and concurrent requests were merged into batches (metrics are flushed every second)
+    wait_until(lambda: _batches_of_several_rows(controller) > 0, 10, what="merged batches")

@@ -31,12 +31,11 @@ from typing import Protocol
 
 import torch
 
+from cnnswarm.controller.event_loop import Forward, ForwardRunner, run_inline
 from cnnswarm.errors import Overloaded
 
 # Weight of the newest batch in the running seconds-per-row estimate.
 _ESTIMATE_WEIGHT = 0.2
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 class QueueObserver(Protocol):
@@ -83,8 +82,10 @@ class InferenceQueue:
         max_queue_s: float,
         clock: Callable[[], float] = time.monotonic,
         observer: QueueObserver | None = None,
+        run_forward: ForwardRunner = run_inline,
     ) -> None:
         self.forward = forward
+        self._run_forward = run_forward  # inline, or off a gevent worker's event loop
         self._observer = observer
         self.max_batch = max_batch
         self.max_queue_s = max_queue_s
@@ -181,7 +182,7 @@ class InferenceQueue:
                 self._observer.observe_queue_wait(ticket.waited_s)
         try:
             inputs = batch[0].inputs if len(batch) == 1 else torch.cat([t.inputs for t in batch])
-            outputs = self.forward(inputs)
+            outputs = self._run_forward(self.forward, inputs)
             start = 0
             for ticket in batch:
                 ticket.outputs = outputs[start : start + ticket.rows]

@@ -136,7 +136,7 @@ class ControllerMetrics:
         )
         self.predict_rejected = Counter(
             "cnnswarm_predict_rejected_total",
-            "Predict requests refused with 503 because too many were in flight",
+            "Predict requests refused with 503 (their queue wait would pass PREDICT_MAX_QUEUE_S)",
             registry=registry,
         )
         self.models_cached = Gauge(

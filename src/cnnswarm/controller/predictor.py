@@ -6,9 +6,13 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
 - **Processes.** The controller runs ``GUNICORN_WORKERS`` (2) gthread workers of
   ``GUNICORN_THREADS`` (16) threads. Parsing JSON, decoding PNGs and Flask are Python, so one
   process serializes them on its GIL; two use both cores. (One worker of 32 threads served
-  104/250/133/104 req/s at c=1/8/32/64; gevent workers did worse than gthread.) Background work
-  is safe with several workers: the scheduler's leader lease lets one process schedule at a
-  time, on SQLite as on PostgreSQL.
+  104/250/133/104 req/s at c=1/8/32/64.) ``GUNICORN_WORKER_CLASS=gevent`` runs each worker's
+  requests on one event loop instead, with forward passes in its thread pool
+  (``controller.event_loop``): on a quiet machine 143/415/541/545 req/s against gthread's
+  144/322/436/464. It is not the default yet: under it a CPU-heavy request (an upload, an import
+  or export) holds its worker's other requests until it ends. Background work is safe with
+  several workers: the scheduler's leader lease lets one process schedule at a time, on SQLite
+  as on PostgreSQL.
 - **Torch threads.** ``PREDICT_TORCH_THREADS`` (1) per worker: under load, throughput comes
   from batching and from the second worker, not from splitting one small forward across cores
   (which costs a hand-off per operator and fights the other worker for the same cores).
@@ -25,9 +29,10 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   model can answer in time are served (a count of 24 in flight refused 1,321 of c=32's
   requests).
 
-Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03, shared
-cores at load average 7-10): 113/184/249/165 req/s at c=1/8/32/64 with 0 non-2xx, against the
-best peer's 101/218/212/151; controller PSS with 10 cached models 490 MB.
+Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03, a quiet
+machine, 2 rounds): 144/322/436/464 req/s at c=1/8/32/64 with 0 non-2xx (gevent workers:
+143/415/541/545), against TorchServe's 63/342/856/1016 and LitServe's 123/298/332/335;
+controller PSS with 10 cached models 474 MB.
 
 Each worker process holds its own cache: a model is loaded once per worker (``weights_only``),
 put in eval mode, its batch norms folded into its convolutions (``ml.inference``), run under
@@ -53,7 +58,8 @@ import torch
 from torch import nn
 
 from cnnswarm.config import Settings
-from cnnswarm.controller.inference_queue import Forward, InferenceQueue
+from cnnswarm.controller.event_loop import Forward, forward_runner
+from cnnswarm.controller.inference_queue import InferenceQueue
 from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput
 from cnnswarm.exposition import AppMetrics
@@ -102,6 +108,7 @@ class Predictor:
         self._models: OrderedDict[_CacheKey, LoadedModel] = OrderedDict()
         self._loading: dict[_CacheKey, threading.Lock] = {}
         self._rows: dict[str, tuple[float, Mapping[str, Any]]] = {}
+        self._run_forward = forward_runner()  # inline, or off a gevent worker's event loop
 
     def model_row(
         self, id_or_alias: str, fetch: Callable[[str], Mapping[str, Any]]
@@ -161,6 +168,7 @@ class Predictor:
                 max_batch=self.settings.predict_max_batch,
                 max_queue_s=self.settings.predict_max_queue_s,
                 observer=self.metrics,
+                run_forward=self._run_forward,
             ),
         )
 
