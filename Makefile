@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes for every tier but Docker (pytest-xdist); the Docker tier runs after, alone.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit venv clean browser prometheus
 
@@ -24,8 +26,11 @@ run: $(STAMP)
 	$(BIN)/cnn-swarm up --trainers 2
 
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
+## Two test processes share the other tiers (the suite leaves a core idle much of the time);
+## the Docker tier builds images and runs containers, so it runs alone afterwards.
 test: lint typecheck browser prometheus
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/docker $(PYTEST_ARGS)
+	$(BIN)/pytest tests/docker $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
