@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -221,3 +222,40 @@ def dashboard_queries() -> list[str]:
     """Every PromQL expression of the Grafana dashboard's panels (deploy/grafana)."""
     dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+class _StubTrainer(BaseHTTPRequestHandler):
+    """Answers every POST with ``status`` (202: a dispatch accepted) after ``delay_s``, and
+    records each request's JSON body, with the raw request path under ``"path"``."""
+
+    status = 202
+    delay_s = 0.0
+    received: list[dict[str, object]]
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append({**(json.loads(raw) if raw else {}), "path": self.path})
+        time.sleep(self.delay_s)
+        payload = json.dumps({"status": {"initiated": True}}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve_stub_trainer(
+    status: int = 202, delay_s: float = 0.0
+) -> tuple[ThreadingHTTPServer, list[dict[str, object]]]:
+    """A trainer's ``POST`` routes reduced to one answer (``_StubTrainer``), served on an
+    ephemeral loopback port in a daemon thread; the server (shut it down) and what it received."""
+    received: list[dict[str, object]] = []
+    handler = type(
+        "Handler", (_StubTrainer,), {"status": status, "delay_s": delay_s, "received": received}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, received

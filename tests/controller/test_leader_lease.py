@@ -7,10 +7,8 @@ its fork server answers in seconds), and a second controller took over mid-round
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from flask.testing import FlaskClient
@@ -19,25 +17,9 @@ from cnnswarm.config import Settings
 from cnnswarm.controller import scheduler as scheduler_module
 from cnnswarm.controller.context import ControllerContext
 from cnnswarm.controller.scheduler import Scheduler
+from support import serve_stub_trainer
 
 TRAINER_DELAY_S = 3.5  # longer than the 2 s lease, shorter than the dispatch timeout
-
-
-class _SlowTrainer(BaseHTTPRequestHandler):
-    """Accepts every dispatch, ``TRAINER_DELAY_S`` after it arrived."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(TRAINER_DELAY_S)
-        payload = b'{"status": {"initiated": true}}'
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -47,8 +29,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def slow_trainer_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowTrainer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, _ = serve_stub_trainer(202, delay_s=TRAINER_DELAY_S)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:

@@ -4,51 +4,20 @@ reaches the trainer on the path meant when it asks it to cancel."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
 
 from cnnswarm.controller.context import ControllerContext
-
-
-class _Trainer(BaseHTTPRequestHandler):
-    """A minimal trainer answering every POST with a fixed status code; it records each
-    request's JSON body, with the raw request path under ``"path"``."""
-
-    status = 202
-    received: list[dict[str, object]]
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.received.append({**(json.loads(raw) if raw else {}), "path": self.path})
-        payload = json.dumps({"status": {"initiated": True}}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(status: int) -> tuple[ThreadingHTTPServer, list[dict[str, object]]]:
-    received: list[dict[str, object]] = []
-    handler = type("Handler", (_Trainer,), {"status": status, "received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, received
+from support import serve_stub_trainer
 
 
 @pytest.fixture
 def trainers() -> Iterator[dict[str, tuple[str, list[dict[str, object]]]]]:
-    busy, busy_got = _serve(409)
-    idle, idle_got = _serve(202)
+    busy, busy_got = serve_stub_trainer(409)
+    idle, idle_got = serve_stub_trainer(202)
     try:
         yield {
             "a-busy": (f"http://127.0.0.1:{busy.server_address[1]}", busy_got),

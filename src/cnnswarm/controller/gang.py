@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # Live trainers with a free slot, by id, each with the number of jobs running on it.
 FreeSlots = dict[str, tuple[Trainer, int]]
 
+# How long the controller waits for a trainer to answer a dispatch or a cancel (the scheduler's
+# one-worker dispatches use it too).
 DISPATCH_TIMEOUT_S = 5.0
 DISPATCH_TRIES = 2
 PROBE_TIMEOUT_S = 2.0

@@ -30,7 +30,7 @@ import requests
 from pydantic import ValidationError
 
 from cnnswarm.config import Settings
-from cnnswarm.controller.gang import GangDispatcher
+from cnnswarm.controller.gang import DISPATCH_TIMEOUT_S, GangDispatcher
 from cnnswarm.controller.metrics import ControllerMetrics, RequeueReason
 from cnnswarm.controller.sweeps import SweepEngine
 from cnnswarm.exposition import AppMetrics
@@ -44,7 +44,6 @@ from cnnswarm.urls import quote_segment
 
 log = logging.getLogger(__name__)
 
-DISPATCH_TIMEOUT_S = 5.0
 # The longest a round keeps the leader lease alive while it runs (see the module docstring).
 ROUND_LEASE_LIMIT_S = 60.0
 
@@ -60,8 +59,9 @@ class Scheduler:
         self.metrics = metrics or ControllerMetrics(AppMetrics(enabled=False))
         # Lease holder "controller-<instance>-<this scheduler>": the workers of one controller
         # instance share its first part (``leads_here``).
-        self.instance = settings.controller_instance or uuid.uuid4().hex[:12]
-        self.holder = f"controller-{self.instance}-{uuid.uuid4().hex[:6]}"
+        instance = settings.controller_instance or uuid.uuid4().hex[:12]
+        self._instance_prefix = f"controller-{instance}-"
+        self.holder = f"{self._instance_prefix}{uuid.uuid4().hex[:6]}"
         self.is_leader = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -103,7 +103,7 @@ class Scheduler:
     def leads_here(self) -> bool:
         """Whether this controller instance (any of its workers) holds the leader lease now."""
         holder = self.stores.leader.holder()
-        return holder is not None and holder.startswith(f"controller-{self.instance}-")
+        return holder is not None and holder.startswith(self._instance_prefix)
 
     @property
     def lease_ttl_s(self) -> float:
