@@ -10,8 +10,10 @@ in the gunicorn master before anything imports it (this module imports it only i
 Guarantees: every server instance gets a folder of its own, emptied when it starts (values of a
 previous run never leak into this one): the folder named by ``PROMETHEUS_MULTIPROC_DIR`` when it
 is set (a container's tmpfs), else a fresh temporary folder, removed by ``remove`` when the server
-exits. A worker that exits is marked dead (``mark_worker_dead``), so gauges of the ``live*`` modes
-drop its values while its counters keep counting in the totals.
+exits. A temporary folder records its server's pid (``OWNER_FILE``), so a server that was killed
+(``kill -9`` cannot clean up) leaves nothing for long: the next one to start on the host removes
+every such folder whose owner is gone. A worker that exits is marked dead (``mark_worker_dead``),
+so gauges of the ``live*`` modes drop its values while its counters keep counting in the totals.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+OWNER_FILE = "owner.pid"  # the pid of the server that created a temporary folder
 
 
 class MultiprocessDir:
@@ -48,11 +51,37 @@ def use_multiprocess_dir(role: str) -> MultiprocessDir:
             stale.unlink(missing_ok=True)
         folder = MultiprocessDir(path, owned=False)
     else:
-        folder = MultiprocessDir(
-            Path(tempfile.mkdtemp(prefix=f"cnnswarm-{role}-metrics-")), owned=True
-        )
+        prefix = f"cnnswarm-{role}-metrics-"
+        remove_orphans(Path(tempfile.gettempdir()), prefix)
+        folder = MultiprocessDir(Path(tempfile.mkdtemp(prefix=prefix)), owned=True)
+        (folder.path / OWNER_FILE).write_text(str(os.getpid()))
     os.environ[ENV_VAR] = str(folder.path)
     return folder
+
+
+def remove_orphans(parent: Path, prefix: str) -> list[Path]:
+    """Remove the temporary metric folders under ``parent`` whose server is gone (its pid no
+    longer runs); return them. Folders without an owner file are left alone."""
+    removed = []
+    for path in parent.glob(f"{prefix}*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not process_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def use_single_process() -> None:
