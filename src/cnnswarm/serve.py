@@ -68,13 +68,45 @@ def _limit_malloc_arenas(arenas: int) -> None:
 
 
 class QuietProbesLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger without access lines for successful heartbeats and health probes,
-    which arrive every second or so and would drown the requests worth reading."""
+    """gunicorn's logger, with two changes to its access lines:
+
+    - none for successful heartbeats and health probes, which arrive every second or so and
+      would drown the requests worth reading;
+    - the line (gunicorn's default "combined" format, unchanged) is built directly
+      (``combined_log_line``) instead of through gunicorn's atoms, a dict of every header and
+      environ entry built per request: a tenth of a predict's time on the GIL under load.
+    """
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         if environ.get("PATH_INFO") in QUIET_PATHS and str(resp.status).startswith("2"):
             return
-        super().access(resp, req, environ, request_time)
+        if not self.cfg.accesslog:
+            return
+        user = self._get_user(environ) if "HTTP_AUTHORIZATION" in environ else None
+        sent = getattr(resp, "sent", None)
+        try:
+            self.access_log.info(combined_log_line(environ, resp.status, sent, user, self.now()))
+        except Exception:
+            self.exception("could not write an access line")
+
+
+def combined_log_line(
+    environ: dict[str, Any], status: Any, sent: int | None, user: str | None, now: str
+) -> str:
+    """gunicorn's default access line (``%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s"
+    "%(a)s"``), with the double quotes in its values escaped as gunicorn escapes them."""
+
+    def quoted(value: str) -> str:
+        return value.replace('"', '\\"')
+
+    code = status.split(None, 1)[0] if isinstance(status, str) else status
+    request_line = f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"
+    return (
+        f"{environ.get('REMOTE_ADDR', '-')} - {quoted(user or '-')} {now} "
+        f'"{quoted(request_line)}" {code} {"-" if sent is None else sent} '
+        f'"{quoted(environ.get("HTTP_REFERER", "-"))}" '
+        f'"{quoted(environ.get("HTTP_USER_AGENT", "-"))}"'
+    )
 
 
 class _GunicornApp(BaseApplication):  # type: ignore[misc]

@@ -79,7 +79,8 @@ def request_inputs(loaded: LoadedModel) -> tuple[torch.Tensor, int]:
     """The model inputs and top_k of a predict request (multipart images, base64 images or
     normalized examples)."""
     prep = loaded.preprocessing
-    if request.files:
+    # The mimetype first: ``request.files`` parses the body as a form even when it is JSON.
+    if request.mimetype == "multipart/form-data" and request.files:
         uploads = [f for name in IMAGE_FIELDS for f in request.files.getlist(name)]
         if not uploads:
             raise InvalidInput("send images as multipart field 'files'", field="files")

@@ -82,7 +82,10 @@ def image_to_array(image: Image.Image, *, channels: int, height: int, width: int
     """
     if channels not in (1, 3):
         raise InvalidInput(f"channels must be 1 or 3, got {channels}", field="channels")
-    converted = _to_8bit(image).convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    converted = _to_8bit(image)
+    if converted.mode != mode:
+        converted = converted.convert(mode)
     if converted.size != (width, height):
         converted = converted.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(converted, dtype=np.uint8)
