@@ -10,7 +10,7 @@ an artifact volume.
 Guarantees:
 - ``with Cluster(tmp_path) as cluster:`` kills every process group it started (SIGKILL) when the
   block ends, whatever happened; children also get SIGTERM if the test process dies
-  (``CNN_SWARM_PARENT_PID``, see ``cnnswarm.local.die_with_parent``).
+  (``CNN_SWARM_PARENT_PID``, see ``cnnswarm.parent_process.die_with_parent``).
 - ``start_*`` returns only once the server answers ``/readyz`` (or raises with its log tail).
 - ``ServerProcess.kill()`` is ``kill -9`` of the whole group: the gunicorn master, its worker and a
   trainer's job children die together, as when a machine is lost.

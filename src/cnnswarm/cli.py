@@ -19,7 +19,7 @@ from typing import Any
 from cnnswarm.cli_models import add_model_commands, cmd_models
 from cnnswarm.cli_support import Handler, client_from_args, emit_json
 from cnnswarm.cli_sweeps import add_sweep_commands
-from cnnswarm.client import ClientError
+from cnnswarm.client_error import ClientError
 from cnnswarm.config import ConfigError, Settings, load_settings
 from cnnswarm.progress import ProgressBar, format_table, format_time, last_metrics
 
@@ -60,7 +60,7 @@ def _serve_settings(args: argparse.Namespace, role: str) -> Settings:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from cnnswarm.local import die_with_parent
+    from cnnswarm.parent_process import die_with_parent
     from cnnswarm.serve import serve_controller
 
     settings = _serve_settings(args, "controller")
@@ -70,7 +70,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from cnnswarm.local import die_with_parent
+    from cnnswarm.parent_process import die_with_parent
     from cnnswarm.serve import serve_trainer
 
     settings = _serve_settings(args, "trainer")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnswarm.cli_support import client_from_args, emit_json
-from cnnswarm.client import ClientError
+from cnnswarm.client_error import ClientError
 from cnnswarm.progress import format_table, format_time
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from cnnswarm.client_error import ClientError as ClientError  # raised by every call here
 from cnnswarm.client_sweeps import SweepCalls
 from cnnswarm.urls import quote_segment
 
@@ -26,34 +27,6 @@ DEFAULT_URL = "http://127.0.0.1:48515"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 ImageInput = str | Path | bytes
-
-
-class ClientError(Exception):
-    """The server answered with an error (or could not be reached: ``status == 0``)."""
-
-    def __init__(self, status: int, body: Mapping[str, Any] | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body: dict[str, Any] = dict(body or {})
-        self.message = message
-
-    @property
-    def exception(self) -> str | None:
-        """The server's machine-readable error name (``NotFound``, ``InvalidInputArg``, ...)."""
-        value = self.body.get("exception")
-        return str(value) if value is not None else None
-
-    @property
-    def error(self) -> str | None:
-        """The server's human-readable message."""
-        value = self.body.get("error")
-        return str(value) if value is not None else None
-
-    @property
-    def field(self) -> str | None:
-        """The request field the error is about, when the server named one."""
-        value = self.body.get("field")
-        return str(value) if value is not None else None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ no servers behind. Each child's output is copied to stdout prefixed with its nam
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -27,10 +26,9 @@ from typing import IO
 import requests
 
 from cnnswarm.atomic import write_text_atomically
+from cnnswarm.parent_process import PARENT_PID_ENV
 
-PARENT_PID_ENV = "CNN_SWARM_PARENT_PID"
 STOP_GRACE_S = 15.0
-_PR_SET_PDEATHSIG = 1
 
 
 class StopRequested(Exception):
@@ -49,19 +47,6 @@ class Child:
     process: subprocess.Popen[bytes]
     url_file: Path
     pump: threading.Thread | None = field(default=None)
-
-
-def die_with_parent() -> None:
-    """In a child started by ``up``: get SIGTERM when ``up`` dies (Linux only), and exit now if
-    it is already gone. A no-op unless ``CNN_SWARM_PARENT_PID`` is set."""
-    expected_parent = os.environ.get(PARENT_PID_ENV)
-    if not expected_parent or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if str(os.getppid()) != expected_parent:
-        raise SystemExit("cnn-swarm: the `up` process that started this server is gone")
 
 
 def _pump_output(name: str, stream: IO[bytes], lock: threading.Lock) -> None:
