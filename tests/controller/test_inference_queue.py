@@ -8,6 +8,7 @@ deterministically; nothing asserts on timing."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -237,3 +238,40 @@ def test_a_failing_forward_fails_every_request_of_its_batch_once_and_the_queue_g
     assert isinstance(requests.outcomes[0], torch.Tensor)
     assert all(isinstance(requests.outcomes[i], RuntimeError) for i in (1, 2, 3))
     assert queue.run(random_inputs([1])[0]).shape == (1, CLASSES)  # idle again, inline
+
+
+def test_a_request_whose_wait_runs_out_inside_a_running_batch_gets_that_batchs_answer() -> None:
+    """The wait bound applies to the queue only: a request taken into a batch just as its wait
+    ran out is answered by that batch (it was once refused with a 500: gone from the queue,
+    it could not be removed from it)."""
+    model = small_model()
+    clock = ManualClock()
+    first_gate = threading.Event()
+    calls = 0
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            assert first_gate.wait(timeout=60)
+        else:  # the batch of the two queued requests outlasts their wait bound
+            clock.advance(10.0)
+            time.sleep(0.3)  # their threads wake on the bound (0.05 s) meanwhile
+        return probabilities(model, inputs)
+
+    queue = InferenceQueue(forward, max_batch=8, max_queue_s=0.05, clock=clock)
+    requests = Requests(queue)
+    requests.send(0, random_inputs([1], seed=99)[0])
+    wait_until(lambda: calls == 1, timeout=30, what="the first forward pass")
+    inputs = random_inputs([1, 2])
+    for index, x in enumerate(inputs, start=1):
+        requests.send(index, x)
+    wait_until(queued(queue, 2), timeout=30, what="two requests to queue")
+    first_gate.set()
+    requests.join()
+
+    assert calls == 2  # requests 1 and 2 ran as one batch
+    for index, x in enumerate(inputs, start=1):
+        outcome = requests.outcomes[index]
+        assert isinstance(outcome, torch.Tensor), outcome
+        torch.testing.assert_close(outcome, probabilities(model, x), atol=1e-5, rtol=1e-5)

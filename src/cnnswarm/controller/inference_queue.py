@@ -56,6 +56,7 @@ class Ticket:
     enqueued_at: float
     answered: threading.Event = field(default_factory=threading.Event)
     drives: bool = False  # set when this request's thread is handed the queue
+    in_batch: bool = False  # set when a driver takes it off the queue into its batch
     waited_s: float = 0.0  # from arrival until its batch started
     outputs: torch.Tensor | None = None
     error: BaseException | None = None
@@ -132,20 +133,23 @@ class InferenceQueue:
         self._queued_rows += ticket.rows
 
     def _wait_for_turn(self, ticket: Ticket) -> list[Ticket]:
-        """Wait until ``ticket`` is answered ([]) or handed the queue (the batch to run)."""
+        """Wait until ``ticket`` is answered ([]) or handed the queue (the batch to run). Its
+        wait is bounded only while it is queued: once in a running batch, that batch answers it
+        (its wait may run out while the batch runs: it is not refused then)."""
         deadline = ticket.enqueued_at + self.max_queue_s
         while not ticket.answered.wait(timeout=max(0.0, deadline - self._clock())):
             with self._lock:
-                if ticket.drives or ticket.answered.is_set():
+                if ticket.drives or ticket.answered.is_set() or ticket.in_batch:
                     break
                 if self._clock() >= deadline:
                     self._queue.remove(ticket)
                     self._queued_rows -= ticket.rows
                     raise self._shed(self._clock() - ticket.enqueued_at)
-        if not ticket.drives:
-            return []
-        with self._lock:
-            return self._take()
+        if ticket.drives:
+            with self._lock:
+                return self._take()
+        ticket.answered.wait()  # set by its batch, however long that batch runs
+        return []
 
     def _take(self) -> list[Ticket]:
         """The oldest queued requests, up to ``max_batch`` rows (at least one) (lock held)."""
@@ -155,6 +159,8 @@ class InferenceQueue:
             rows += self._queue[0].rows
             batch.append(self._queue.popleft())
         self._queued_rows -= rows
+        for ticket in batch:
+            ticket.in_batch = True
         return batch
 
     def _drive(self, batch: list[Ticket]) -> None:
