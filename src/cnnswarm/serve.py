@@ -233,10 +233,25 @@ def serve_app(
     ).run()
 
 
+def _patch_for_gevent() -> None:
+    """Patch the standard library for gevent in the gunicorn master, before it imports the app.
+
+    The master imports the controller's modules before forking (workers share their pages), and
+    a module creates locks, thread-locals and ``ssl`` references when it is imported: created
+    unpatched, they stay unpatched in a gevent worker, where a greenlet blocking on such a lock
+    stalls its whole event loop (and gevent warns for ``ssl``). The worker patches again (a
+    no-op)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
 def serve_controller(settings: Settings, *, url_file: Path | None = None) -> None:
     """Serve the controller with gunicorn until stopped: ``settings.gunicorn_workers`` workers of
     ``settings.gunicorn_threads`` threads, ``settings.predict_torch_threads`` torch threads each,
     their metrics added up through a folder of this instance (``cnnswarm.metrics_dir``)."""
+    if settings.gunicorn_worker_class == "gevent":
+        _patch_for_gevent()  # before the app's modules (and the locks they create) are imported
     metrics_dir = use_multiprocess_dir("controller")  # before prometheus_client is imported
     # One name for this instance's workers (``Scheduler.leads_here``).
     settings = settings.with_overrides(controller_instance=uuid.uuid4().hex[:12])

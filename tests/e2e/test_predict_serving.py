@@ -220,3 +220,5 @@ def test_a_training_job_progresses_normally_under_predict_load(
     assert set(load.outcomes) == {"200"}, load.outcomes  # c=32 is served, none refused
     # and concurrent requests were merged into batches (metrics are flushed every second)
     wait_until(lambda: _batches_of_several_rows(controller) > 0, 10, what="merged batches")
+    # gevent patched the master before anything took ssl (or a lock) unpatched
+    assert "MonkeyPatchWarning" not in controller.log_path.read_text(errors="replace")
