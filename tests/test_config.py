@@ -138,8 +138,8 @@ def test_gang_timeouts_are_settings_that_reach_the_job_processes(tmp_path: Path)
         load_settings({"GANG_INIT_TIMEOUT_S": "0"})
 
 
-def test_the_controller_worker_class_is_gthread_or_gevent() -> None:
-    assert load_settings({}).gunicorn_worker_class == "gthread"
-    assert load_settings({"GUNICORN_WORKER_CLASS": "GEvent"}).gunicorn_worker_class == "gevent"
+def test_the_controller_worker_class_is_gevent_or_gthread() -> None:
+    assert load_settings({}).gunicorn_worker_class == "gevent"
+    assert load_settings({"GUNICORN_WORKER_CLASS": "GThread"}).gunicorn_worker_class == "gthread"
     with pytest.raises(ConfigError, match=r"GUNICORN_WORKER_CLASS.*gthread, gevent"):
         load_settings({"GUNICORN_WORKER_CLASS": "sync"})

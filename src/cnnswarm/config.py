@@ -70,12 +70,13 @@ DEFAULTS: dict[str, str] = {
     "CPU_COORDINATION_DIR": _default_cpu_coordination_dir(),
     "ALLOW_DOWNLOADS": "0",
     "FORCE_CPU": "0",
-    # Controller processes (a trainer always runs one) and request threads in each.
+    # Controller processes (a trainer always runs one) and request threads in each (gthread).
     "GUNICORN_WORKERS": "2",
     "GUNICORN_THREADS": "16",
-    # The controller's gunicorn worker class: gthread (threads), or gevent (one event loop per
-    # worker; forward passes run in its thread pool). A trainer always runs gthread.
-    "GUNICORN_WORKER_CLASS": "gthread",
+    # The controller's gunicorn worker class: gevent (one event loop per worker; forward passes
+    # and other CPU-heavy steps run in its thread pool), or gthread (request threads). A trainer
+    # always runs gthread.
+    "GUNICORN_WORKER_CLASS": "gevent",
     "SUBNET_TRAIN": "",
     # GET /metrics (Prometheus) and the series behind it, on both roles.
     "METRICS_ENABLED": "1",

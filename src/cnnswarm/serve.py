@@ -33,8 +33,9 @@ from cnnswarm.cpu import check_coordination_dir, torch_threads_for
 from cnnswarm.lifecycle import stop_all
 from cnnswarm.metrics_dir import mark_worker_dead, use_multiprocess_dir, use_single_process
 
-# A worker that is silent this long is restarted. gthread workers keep notifying the arbiter
-# while requests run, so this bounds a hung worker, not a long upload or a long SSE stream.
+# A worker that is silent this long is restarted. Workers keep notifying the arbiter while
+# requests run (a gevent worker from its event loop, which CPU-heavy steps leave free:
+# controller.event_loop), so this bounds a hung worker, not a long upload or a long SSE stream.
 WORKER_TIMEOUT_S = 300
 GRACEFUL_TIMEOUT_S = 30
 # Successful requests to these paths are not access-logged (heartbeats, probes, scrapes).

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnswarm.config import Settings
+from cnnswarm.controller.event_loop import off_the_loop
 from cnnswarm.errors import InvalidInput, NotFound
 from cnnswarm.ml.datasets import ArrayDataset
 from cnnswarm.ml.datasets.registry import BUILTIN_DATASETS, load_builtin
@@ -69,13 +70,14 @@ class DatasetService:
             raise NotFound(f"the files of dataset {dataset_id!r} are missing", field="dataset")
         with self._lock:
             if not path.exists():
-                dataset = load_builtin(
-                    dataset_id,
-                    self.stores.artifacts.root,
-                    allow_downloads=self.settings.allow_downloads,
-                )
-                dataset.save_npz(path)
+                off_the_loop(self._materialise_builtin, dataset_id, path)
         return path
+
+    def _materialise_builtin(self, dataset_id: str, path: Path) -> None:
+        dataset = load_builtin(
+            dataset_id, self.stores.artifacts.root, allow_downloads=self.settings.allow_downloads
+        )
+        dataset.save_npz(path)
 
     def etag(self, dataset_id: str) -> str:
         """A validator for the cached arrays (changes when the file is rewritten)."""
@@ -92,7 +94,7 @@ class DatasetService:
             if cached is not None and cached[0] == etag:
                 self._loaded.move_to_end(dataset_id)
                 return cached[1]
-        dataset = ArrayDataset.load_npz(self.arrays_path(dataset_id))
+        dataset = off_the_loop(ArrayDataset.load_npz, self.arrays_path(dataset_id))
         with self._lock:
             self._loaded[dataset_id] = (etag, dataset)
             while len(self._loaded) > LOADED_DATASETS_KEPT:
@@ -141,13 +143,8 @@ class DatasetService:
         ``api_schemas.DatasetUploadForm``; None: its id); returns its record."""
         dataset_id = "ds-" + uuid.uuid4().hex[:12]
         display = name or dataset_id
-        # Entries are streamed and decoded in memory: nothing of the archive lands on disk.
-        dataset = import_upload(
-            upload, self.stores.artifacts.tmp, name=display, limits=UploadLimits()
-        )
         path = self.stores.artifacts.dataset_path(dataset_id)
-        dataset.save_npz(path)
-        info = dataset.info()
+        info = off_the_loop(self._decode_upload, upload, display, path)
         try:
             row = self.stores.catalog.add_dataset(
                 {
@@ -164,6 +161,13 @@ class DatasetService:
             path.unlink(missing_ok=True)
             raise
         return dataset_to_json(row)
+
+    def _decode_upload(self, upload: Path, name: str, path: Path) -> dict[str, Any]:
+        """Decode the archive into arrays saved at ``path``; their ``info()``. Entries are
+        streamed and decoded in memory: nothing of the archive lands on disk."""
+        dataset = import_upload(upload, self.stores.artifacts.tmp, name=name, limits=UploadLimits())
+        dataset.save_npz(path)
+        return dataset.info()
 
     def delete(self, dataset_id: str) -> dict[str, Any]:
         """Delete an uploaded dataset (built-ins cannot be deleted)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, request, send_file
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from cnnswarm.controller.api_schemas import ErrorBody, ImportedModel
 from cnnswarm.controller.context import ctx, token_required
+from cnnswarm.controller.event_loop import off_the_loop
 from cnnswarm.controller.model_import import ImportRequest, import_model
 from cnnswarm.controller.openapi import doc
 from cnnswarm.controller.predictor import servable_model
@@ -85,12 +87,16 @@ def download_model_file(model_id: str) -> Response:
 )
 def download_torchscript(model_id: str) -> Response:
     resolved, path = _model_file(model_id)
-    artifact = load_artifact(path)
-    servable_model(artifact, resolved)  # the export must serve what was measured, as predict
-    exported = torchscript_bytes(artifact)
+    exported = off_the_loop(_torchscript_export, path, resolved)
     return send_file(
         io.BytesIO(exported),
         mimetype="application/octet-stream",
         as_attachment=True,
         download_name=f"{resolved}.torchscript.pt",
     )
+
+
+def _torchscript_export(path: Path, model_id: str) -> bytes:
+    artifact = load_artifact(path)
+    servable_model(artifact, model_id)  # the export must serve what was measured, as predict
+    return torchscript_bytes(artifact)

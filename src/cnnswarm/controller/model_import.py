@@ -29,6 +29,7 @@ from pydantic import (
 from torch import nn
 
 from cnnswarm.controller.context import ControllerContext
+from cnnswarm.controller.event_loop import off_the_loop
 from cnnswarm.controller.model_publish import publish_model
 from cnnswarm.errors import DatasetUnavailable, InvalidInput, NotFound
 from cnnswarm.ml.artifact import (
@@ -250,7 +251,7 @@ def _recalibrated(
     dataset_id, dataset = _calibration_data(context, artifact, request)
     # Normalized as the model will be served, whatever the dataset's own normalization.
     normalization = Preprocessing.from_json(artifact.preprocessing).normalization
-    used = recalibrate_batch_norms(model, dataset, normalization=normalization)
+    used = off_the_loop(recalibrate_batch_norms, model, dataset, normalization=normalization)
     recalibration = {
         "dataset": dataset_id,
         "example_idxs": request.example_idxs,
@@ -312,8 +313,8 @@ def import_model(
     ``models`` row and the recalibration summary (None when none was needed)."""
     catalog = context.stores.catalog
     catalog.check_model_id_free(request.model_id)  # before any costly work
-    artifact = _with_classes(artifact_from_bytes(data), request.classes)
-    model = check_weights(artifact)
+    artifact = _with_classes(off_the_loop(artifact_from_bytes, data), request.classes)
+    model = off_the_loop(check_weights, artifact)
     model_type = _model_type(artifact)
     recalibration = None
     if needs_calibration(model):
@@ -324,7 +325,7 @@ def import_model(
     stored = publish_model(
         context.stores.artifacts,
         context.stores.artifacts.imported_model_path(request.model_id),
-        artifact_to_bytes(artifact),
+        off_the_loop(artifact_to_bytes, artifact),
         artifact,
         model_id=request.model_id,
         job_id=None,

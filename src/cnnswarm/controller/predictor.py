@@ -3,22 +3,24 @@ idle request inline and batches only under contention.
 
 The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x32x32 PNGs):
 
-- **Processes.** The controller runs ``GUNICORN_WORKERS`` (2) gthread workers of
-  ``GUNICORN_THREADS`` (16) threads. Parsing JSON, decoding PNGs and Flask are Python, so one
-  process serializes them on its GIL; two use both cores. (One worker of 32 threads served
-  104/250/133/104 req/s at c=1/8/32/64.) ``GUNICORN_WORKER_CLASS=gevent`` runs each worker's
-  requests on one event loop instead, with forward passes in its thread pool
-  (``controller.event_loop``): on a quiet machine 143/415/541/545 req/s against gthread's
-  144/322/436/464. It is not the default yet: under it a CPU-heavy request (an upload, an import
-  or export) holds its worker's other requests until it ends. Background work is safe with
-  several workers: the scheduler's leader lease lets one process schedule at a time, on SQLite
-  as on PostgreSQL.
+- **Processes.** The controller runs ``GUNICORN_WORKERS`` (2) gevent workers: each runs its
+  requests as greenlets on one event loop, so parsing JSON, decoding PNGs and Flask never
+  compete for the GIL with other request threads, and two processes use both cores. Forward
+  passes, and every other CPU-heavy step of a request (a dataset upload's decoding, a model
+  import's recalibration, a TorchScript export, loading a model), run in the loop's thread pool
+  (``controller.event_loop``), so the worker's other requests go on meanwhile; the master
+  patches the standard library before it imports the app (``serve._patch_for_gevent``). On a
+  quiet machine gevent served 143/415/541/545 req/s at c=1/8/32/64 against 144/322/436/464
+  for gthread workers of 16 threads (``GUNICORN_WORKER_CLASS=gthread``, the default until
+  then). Background work is safe with several workers: the scheduler's leader lease lets one
+  process schedule at a time, on SQLite as on PostgreSQL.
 - **Torch threads.** ``PREDICT_TORCH_THREADS`` (1) per worker: under load, throughput comes
   from batching and from the second worker, not from splitting one small forward across cores
   (which costs a hand-off per operator and fights the other worker for the same cores).
-- **Inline when idle.** A request for an idle model runs its forward pass in its own thread:
-  no hand-off to an inference thread (which costs about 2 ms of a 4 ms answer), no wait for a
-  batch to fill.
+- **Inline when idle.** A request for an idle model runs its forward pass at once: no wait
+  for a batch to fill, and under gthread workers no hand-off at all (it runs in the request's
+  own thread; a hand-off to an inference thread costs about 2 ms of a 4 ms answer). Under
+  gevent its one hand-off is to the loop's thread pool, which lets the loop go on.
 - **Batches under contention.** Requests that arrive while the model is busy queue; when the
   forward pass ends, the oldest waiting request's thread takes everything queued (up to
   ``PREDICT_MAX_BATCH`` rows) as one batch, while the other request threads keep parsing and
@@ -58,7 +60,7 @@ import torch
 from torch import nn
 
 from cnnswarm.config import Settings
-from cnnswarm.controller.event_loop import Forward, forward_runner
+from cnnswarm.controller.event_loop import Forward, forward_runner, off_the_loop
 from cnnswarm.controller.inference_queue import InferenceQueue
 from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput
@@ -96,6 +98,14 @@ def _cache_key(model_row: Mapping[str, Any]) -> _CacheKey:
         str(model_row["job_id"]),
         float(model_row["created_at"]),
     )
+
+
+def _ready_to_serve(path: Path, model_id: str) -> tuple[ModelArtifact, nn.Module]:
+    """The model file's artefact and its model in eval mode, batch norms folded."""
+    artifact = load_artifact(path)
+    prep = Preprocessing.from_json(artifact.preprocessing)
+    sample = torch.randn(2, prep.channels, prep.height, prep.width, generator=torch.Generator())
+    return artifact, fold_batch_norms(servable_model(artifact, model_id), sample)
 
 
 class Predictor:
@@ -154,12 +164,11 @@ class Predictor:
         return loaded
 
     def _load(self, model_row: Mapping[str, Any], home_dir: Path) -> LoadedModel:
-        artifact = load_artifact(home_dir / model_row["filename"])
+        model_id = str(model_row["id"])
+        artifact, model = off_the_loop(_ready_to_serve, home_dir / model_row["filename"], model_id)
         prep = Preprocessing.from_json(artifact.preprocessing)
-        sample = torch.randn(2, prep.channels, prep.height, prep.width, generator=torch.Generator())
-        model = fold_batch_norms(servable_model(artifact, str(model_row["id"])), sample)
         return LoadedModel(
-            model_id=str(model_row["id"]),
+            model_id=model_id,
             model=model,
             classes=list(artifact.classes),
             preprocessing=prep,
