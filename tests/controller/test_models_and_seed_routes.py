@@ -96,9 +96,11 @@ def test_served_model_is_folded_and_agrees_with_the_artefact(
     loaded = context.predictor.get(
         context.stores.catalog.get_model(published), context.stores.artifacts.root
     )
-    modules = list(loaded.model.modules())
-    assert any(isinstance(m, torch.nn.Conv2d) for m in modules)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
+    # Served as frozen TorchScript (runs without the GIL), its batch norms folded away.
+    assert isinstance(loaded.model, torch.jit.ScriptModule)
+    ops = {node.kind() for node in loaded.model.graph.nodes()}
+    assert "aten::conv2d" in ops or "aten::_convolution" in ops, ops
+    assert not {"aten::batch_norm", "aten::_batch_norm_impl_index"} & ops, ops
 
 
 @pytest.mark.parametrize(

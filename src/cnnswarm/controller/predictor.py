@@ -66,7 +66,7 @@ from cnnswarm.controller.metrics import ControllerMetrics
 from cnnswarm.errors import Conflict, InvalidInput
 from cnnswarm.exposition import AppMetrics
 from cnnswarm.ml.artifact import ModelArtifact, load_artifact
-from cnnswarm.ml.inference import fold_batch_norms
+from cnnswarm.ml.inference import compiled_for_serving, fold_batch_norms
 from cnnswarm.ml.models import needs_calibration
 from cnnswarm.ml.preprocess import Preprocessing
 
@@ -79,7 +79,7 @@ class LoadedModel:
     """A model ready to serve."""
 
     model_id: str
-    model: nn.Module  # eval mode, batch norms folded
+    model: nn.Module  # eval mode, batch norms folded, frozen TorchScript (ml.inference)
     classes: list[str]
     preprocessing: Preprocessing
     queue: InferenceQueue
@@ -101,11 +101,13 @@ def _cache_key(model_row: Mapping[str, Any]) -> _CacheKey:
 
 
 def _ready_to_serve(path: Path, model_id: str) -> tuple[ModelArtifact, nn.Module]:
-    """The model file's artefact and its model in eval mode, batch norms folded."""
+    """The model file's artefact and its model in eval mode, batch norms folded, as frozen
+    TorchScript (``ml.inference``: its forward pass runs without the GIL)."""
     artifact = load_artifact(path)
     prep = Preprocessing.from_json(artifact.preprocessing)
     sample = torch.randn(2, prep.channels, prep.height, prep.width, generator=torch.Generator())
-    return artifact, fold_batch_norms(servable_model(artifact, model_id), sample)
+    folded = fold_batch_norms(servable_model(artifact, model_id), sample)
+    return artifact, compiled_for_serving(folded, sample)
 
 
 class Predictor:

@@ -1,4 +1,5 @@
-"""Models made ready to serve: batch norms folded into the convolutions they follow.
+"""Models made ready to serve: batch norms folded into the convolutions they follow, then
+traced and frozen to TorchScript.
 
 In eval mode a ``BatchNorm2d`` right after a ``Conv2d`` is an affine map per channel, so it can
 be folded into that convolution's weights and bias once, at load time: the served model gives
@@ -9,12 +10,21 @@ folds itself through a ``folded()`` method (the seed's network: one conv per cal
 
 Every registered model type folds completely (``count_batch_norms`` of the result is 0, tested
 for each); the unfolded fallback exists for models this pass cannot trace, and is logged.
+
+The folded model is then served as frozen TorchScript (``compiled_for_serving``): the same ops,
+the same outputs, but its whole forward pass runs in C++ without the GIL, where an eager or fx
+module takes the GIL back between ops. That matters when the process is busy with Python (a
+gevent worker's event loop parsing and decoding other requests while a forward pass runs in its
+thread pool): measured with one torch thread and a pure-Python loop holding the GIL, a ResNet8
+ran 78 against 6 images/s at batch 1 and 403 against 40 at batch 8 (idle: 873 against 707,
+1,256 against 1,104). The same tracing makes the TorchScript export (``ml.model_files``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections import Counter
 
 import torch
@@ -51,6 +61,39 @@ def fold_batch_norms(model: nn.Module, sample: torch.Tensor) -> nn.Module:
         log.warning("serving %s unfolded: the folded copy disagrees", type(model).__name__)
         return model
     return folded
+
+
+def traced_and_frozen(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``model`` (eval mode) traced on ``example`` and frozen: TorchScript with the weights as
+    constants, which loads without Python (LibTorch) and runs without the GIL."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.jit.trace is deprecated upstream in favour of torch.export, but a TorchScript
+        # module is what runs GIL-free here and loads with plain torch.jit.load.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
+        frozen: torch.jit.ScriptModule = torch.jit.freeze(traced)
+        return frozen
+
+
+def compiled_for_serving(model: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``model`` (eval mode) as frozen TorchScript, checked against ``model`` on ``sample`` and on
+    a batch of another size (a trace must not have fixed it); ``model`` itself, logged, when it
+    does not trace or the two disagree by more than ``FOLD_TOLERANCE``."""
+    other_size = torch.cat([sample, sample[:1]])
+    try:
+        frozen = traced_and_frozen(model, sample)
+        with torch.inference_mode():
+            agree = all(
+                torch.allclose(frozen(x), model(x), rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE)
+                for x in (sample, other_size)
+            )
+    except Exception as exc:  # data-dependent control flow, untraceable ops, shape mismatch
+        log.info("serving %s eagerly: it does not trace (%s)", type(model).__name__, exc)
+        return model
+    if not agree:
+        log.warning("serving %s eagerly: its TorchScript disagrees", type(model).__name__)
+        return model
+    return frozen
 
 
 def count_batch_norms(model: nn.Module) -> int:

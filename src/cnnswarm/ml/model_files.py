@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 
 import torch
 from torch import nn
 
 from cnnswarm.errors import InvalidInput
 from cnnswarm.ml.artifact import ModelArtifact
+from cnnswarm.ml.inference import traced_and_frozen
 from cnnswarm.ml.models import ModelConfig
 from cnnswarm.ml.preprocess import Preprocessing
 
@@ -93,16 +93,9 @@ def torchscript_bytes(artifact: ModelArtifact) -> bytes:
     model = artifact.build_model()
     prep = Preprocessing.from_json(artifact.preprocessing)
     example = torch.zeros(2, prep.channels, prep.height, prep.width)
-    with torch.no_grad(), warnings.catch_warnings():
-        # torch.jit.trace is deprecated upstream in favour of torch.export, but a TorchScript
-        # file is what loads without Python (LibTorch) and with plain torch.jit.load.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
-        frozen = torch.jit.freeze(traced)
-        buffer = io.BytesIO()
-        torch.jit.save(
-            frozen,
-            buffer,
-            _extra_files={TORCHSCRIPT_METADATA: json.dumps(artifact.metadata())},
-        )
+    frozen = traced_and_frozen(model, example)
+    buffer = io.BytesIO()
+    torch.jit.save(
+        frozen, buffer, _extra_files={TORCHSCRIPT_METADATA: json.dumps(artifact.metadata())}
+    )
     return buffer.getvalue()
