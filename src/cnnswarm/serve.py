@@ -54,7 +54,7 @@ CONTROLLER_MALLOC_ARENAS = 1
 
 def _set_torch_threads(threads: int) -> None:
     """Set torch's thread count in this (worker) process."""
-    import torch  # Imported here: the gunicorn master never touches torch before forking.
+    import torch  # Imported here: a trainer's master never imports torch.
 
     torch.set_num_threads(threads)
 
@@ -257,6 +257,9 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     # One name for this instance's workers (``Scheduler.leads_here``).
     settings = settings.with_overrides(controller_instance=uuid.uuid4().hex[:12])
     from cnnswarm.controller.app import create_app
+    from cnnswarm.ml.inference import warm_up_torchscript
+
+    warm_up_torchscript()  # shared by the workers, not allocated in each (served models are TS)
 
     def build(worker_settings: Settings) -> Any:
         return create_app(worker_settings, start_background=True)
