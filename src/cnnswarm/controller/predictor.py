@@ -31,14 +31,15 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   model can answer in time are served (a count of 24 in flight refused 1,321 of c=32's
   requests).
 
-Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03, a quiet
-machine, 2 rounds): 144/322/436/464 req/s at c=1/8/32/64 with 0 non-2xx (gevent workers:
-143/415/541/545), against TorchServe's 63/342/856/1016 and LitServe's 123/298/332/335;
-controller PSS with 10 cached models 474 MB.
+Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03, 3
+rounds): 186/363/563/585 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
+64/267/738/901 and LitServe's 150/178/252/333 (gthread workers: 177/266/408/567); controller PSS
+with 10 cached models 465 MB.
 
 Each worker process holds its own cache: a model is loaded once per worker (``weights_only``),
-put in eval mode, its batch norms folded into its convolutions (``ml.inference``), run under
-``torch.inference_mode()`` and kept in an LRU cache of ``PREDICT_CACHE_MODELS`` entries.
+put in eval mode, its batch norms folded into its convolutions and frozen to TorchScript
+(``ml.inference``), run under ``torch.inference_mode()`` and kept in an LRU cache of
+``PREDICT_CACHE_MODELS`` entries.
 
 Freshness: a model's record is re-read at most ``ROW_TTL_S`` after it was last read, and a
 loaded model is cached by its publication (id, file, job, creation time), so a model deleted
