@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from cnnswarm.ml.inference import count_batch_norms, fold_batch_norms
+from cnnswarm.ml.inference import compiled_for_serving, count_batch_norms, fold_batch_norms
 from cnnswarm.ml.models import build_model
 from cnnswarm.ml.seed_model import FoldedNNConvResNetRGB, TiedBatchNorm2d
 
@@ -70,10 +70,12 @@ def test_a_prediction_does_not_depend_on_the_rest_of_its_batch(
     model = _trained_looking(
         build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
     )
-    served = fold_batch_norms(model, torch.randn(2, channels, size, size))
+    sample = torch.randn(2, channels, size, size)
+    served = fold_batch_norms(model, sample)
+    compiled = compiled_for_serving(served, sample)
     batch = torch.randn(64, channels, size, size)
     others = torch.randn(64, channels, size, size) * 3 + 1  # a very different crowd
-    for net in (model, served):
+    for net in (model, served, compiled):
         with torch.inference_mode():
             alone = torch.softmax(net(batch[:1]), 1)
             in_its_batch = torch.softmax(net(batch), 1)[:1]
@@ -97,3 +99,37 @@ def test_untraceable_model_is_served_as_is() -> None:
     model = DataDependent()
     assert fold_batch_norms(model, torch.randn(2, 1, 8, 8)) is model
     assert not model.training
+
+
+@pytest.mark.parametrize(("model_type", "channels", "size", "served_type"), EVERY_MODEL)
+def test_every_model_type_is_served_as_frozen_torchscript_with_the_same_outputs(
+    model_type: str, channels: int, size: int, served_type: type[nn.Module]
+) -> None:
+    model = _trained_looking(
+        build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
+    )
+    sample = torch.randn(2, channels, size, size)
+    folded = fold_batch_norms(model, sample)
+    compiled = compiled_for_serving(folded, sample)
+
+    assert isinstance(compiled, torch.jit.ScriptModule)  # not the eager fallback
+    for batch in (1, 5, 17):  # batch sizes other than the trace's
+        x = torch.randn(batch, channels, size, size)
+        with torch.inference_mode():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_with_control_flow_on_values_is_served_eagerly() -> None:
+    class SignDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # a trace would freeze whichever branch its sample took
+                x = -x
+            return self.conv(x)
+
+    model = SignDependent().eval()
+    positive = torch.rand(2, 1, 8, 8) + 0.1
+    assert compiled_for_serving(model, positive) is model

@@ -88,10 +88,15 @@ def warm_up_torchscript() -> None:
 def compiled_for_serving(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     """``model`` (eval mode) as frozen TorchScript, checked against ``model`` on ``sample`` and on
     a batch of another size (a trace must not have fixed it); ``model`` itself, logged, when it
-    does not trace or the two disagree by more than ``FOLD_TOLERANCE``."""
+    does not trace cleanly (a ``TracerWarning``: control flow on values) or the two disagree by
+    more than ``FOLD_TOLERANCE``."""
     other_size = torch.cat([sample, sample[:1]])
     try:
-        frozen = traced_and_frozen(model, sample)
+        with warnings.catch_warnings():
+            # A trace that had to turn a tensor into a Python value (control flow on values)
+            # froze one path: not the model.
+            warnings.simplefilter("error", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+            frozen = traced_and_frozen(model, sample)
         with torch.inference_mode():
             agree = all(
                 torch.allclose(frozen(x), model(x), rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE)
