@@ -42,23 +42,27 @@ EVERY_MODEL = [
 
 
 @pytest.mark.parametrize(("model_type", "channels", "size", "served_type"), EVERY_MODEL)
-def test_every_model_type_folds_completely_with_the_same_outputs(
+def test_every_model_type_folds_completely_and_serves_as_torchscript_with_the_same_outputs(
     model_type: str, channels: int, size: int, served_type: type[nn.Module]
 ) -> None:
     model = _trained_looking(
         build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = fold_batch_norms(model, torch.randn(2, channels, size, size))
+    sample = torch.randn(2, channels, size, size)
+    folded = fold_batch_norms(model, sample)
+    compiled = compiled_for_serving(folded, sample)
 
     # The folded copy is served, not the fallback: no batch norm is left to run.
     assert isinstance(folded, served_type) and folded is not model
     assert count_batch_norms(folded) == 0
     assert count_batch_norms(model) > 0
-    for batch in (1, 5, 17):  # batch sizes other than the sample's
+    assert isinstance(compiled, torch.jit.ScriptModule)  # not the eager fallback
+    for batch in (1, 5, 17):  # batch sizes other than the sample's (the trace's)
         x = torch.randn(batch, channels, size, size)
         with torch.inference_mode():
             torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     for key, value in model.state_dict().items():  # the original is not modified
         assert torch.equal(value, before[key]), key
 
@@ -99,24 +103,6 @@ def test_untraceable_model_is_served_as_is() -> None:
     model = DataDependent()
     assert fold_batch_norms(model, torch.randn(2, 1, 8, 8)) is model
     assert not model.training
-
-
-@pytest.mark.parametrize(("model_type", "channels", "size", "served_type"), EVERY_MODEL)
-def test_every_model_type_is_served_as_frozen_torchscript_with_the_same_outputs(
-    model_type: str, channels: int, size: int, served_type: type[nn.Module]
-) -> None:
-    model = _trained_looking(
-        build_model(model_type, in_channels=channels, height=size, width=size, num_classes=10)
-    )
-    sample = torch.randn(2, channels, size, size)
-    folded = fold_batch_norms(model, sample)
-    compiled = compiled_for_serving(folded, sample)
-
-    assert isinstance(compiled, torch.jit.ScriptModule)  # not the eager fallback
-    for batch in (1, 5, 17):  # batch sizes other than the trace's
-        x = torch.randn(batch, channels, size, size)
-        with torch.inference_mode():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_a_model_with_control_flow_on_values_is_served_eagerly() -> None:
