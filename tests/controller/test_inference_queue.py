@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnswarm.controller.inference_queue import InferenceQueue
+from cnnswarm.controller.event_loop import Forward
+from cnnswarm.controller.inference_queue import CONTENTION_MEMORY_S, InferenceQueue
 from cnnswarm.errors import Overloaded
 from cnnswarm.ml.models import ModelConfig
 from support import ManualClock, wait_until
@@ -107,6 +108,37 @@ def test_an_idle_model_runs_the_request_inline_in_its_own_thread() -> None:
     assert forward.threads == [threading.get_ident()] * 3  # no hand-off to another thread
     assert forward.batch_rows == [1, 3, 2]  # nothing waited to be merged with anything
     assert queue.queued_requests == 0
+
+
+def test_the_runner_is_told_whether_requests_queued_for_the_model_lately() -> None:
+    """A gevent worker runs a forward pass inline only for a model that is not contended
+    (``controller.event_loop``): the queue says whether a request queued within
+    ``CONTENTION_MEMORY_S``."""
+    forward = GatedForward(small_model())
+    told: list[bool] = []
+
+    def runner(work: Forward, inputs: torch.Tensor, contended: bool) -> torch.Tensor:
+        told.append(contended)
+        return work(inputs)
+
+    clock = ManualClock()
+    queue = InferenceQueue(forward, max_batch=64, max_queue_s=60.0, clock=clock, run_forward=runner)
+    queue.run(random_inputs([1])[0])
+    assert told == [False]  # nothing ever queued
+
+    forward.gate.clear()
+    requests = Requests(queue)
+    hold_a_forward(queue, forward, requests)
+    requests.send(1, random_inputs([2])[0])
+    wait_until(queued(queue, 1), timeout=30, what="a request to queue")
+    forward.gate.set()
+    requests.join()
+    assert told == [False, False, True]  # the held pass began alone; the queued one ran after
+
+    queue.run(random_inputs([1])[0])
+    clock.advance(CONTENTION_MEMORY_S + 0.1)
+    queue.run(random_inputs([1])[0])
+    assert told[3:] == [True, False]  # contended until the memory of the queue passes
 
 
 def test_requests_that_arrive_while_busy_are_merged_into_one_batch() -> None:

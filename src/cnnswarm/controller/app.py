@@ -31,6 +31,7 @@ from cnnswarm.controller import (
 )
 from cnnswarm.controller.context import ControllerContext, ctx
 from cnnswarm.controller.datasets import DatasetService
+from cnnswarm.controller.event_loop import count_requests
 from cnnswarm.controller.metrics import ControllerMetrics, database_collector
 from cnnswarm.controller.openapi import build_openapi
 from cnnswarm.controller.predictor import Predictor
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         metrics=metrics,
     )
     app = Flask(__name__)
+    app.wsgi_app = count_requests(app.wsgi_app)  # type: ignore[method-assign,assignment]
     # Larger bodies get 413 from werkzeug before they are read.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["cnnswarm"] = context

@@ -36,6 +36,9 @@ from cnnswarm.errors import Overloaded
 
 # Weight of the newest batch in the running seconds-per-row estimate.
 _ESTIMATE_WEIGHT = 0.2
+# A model is contended while a request queued for it less than this long ago (its runner then
+# keeps forward passes off a gevent worker's event loop: ``controller.event_loop``).
+CONTENTION_MEMORY_S = 1.0
 
 
 class QueueObserver(Protocol):
@@ -96,6 +99,7 @@ class InferenceQueue:
         self._queued_rows = 0
         self._busy = False  # a forward pass is running or a driver is on its way
         self._seconds_per_row = 0.0  # 0 until the first batch is measured
+        self._queued_at = -math.inf  # when a request last had to queue
         self.forward_calls = 0  # how many forward passes ran (a measure of batching)
 
     @property
@@ -131,6 +135,7 @@ class InferenceQueue:
             raise self._shed(max(oldest_wait, expected_wait))
         self._queue.append(ticket)
         self._queued_rows += ticket.rows
+        self._queued_at = ticket.enqueued_at
 
     def _wait_for_turn(self, ticket: Ticket) -> list[Ticket]:
         """Wait until ``ticket`` is answered ([]) or handed the queue (the batch to run). Its
@@ -199,7 +204,8 @@ class InferenceQueue:
 
         try:
             inputs = batch[0].inputs if len(batch) == 1 else torch.cat([t.inputs for t in batch])
-            outputs = self._run_forward(timed_forward, inputs)
+            contended = started - self._queued_at < CONTENTION_MEMORY_S
+            outputs = self._run_forward(timed_forward, inputs, contended)
             start = 0
             for ticket in batch:
                 ticket.outputs = outputs[start : start + ticket.rows]
