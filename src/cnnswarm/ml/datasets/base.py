@@ -8,6 +8,7 @@ through that one function, so a model always sees what it was trained on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,12 +36,19 @@ class Normalization:
 
 def normalize(x: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """uint8 (or 0-255 float) images ``(N, C, H, W)`` -> normalized float32 tensor."""
-    channels = x.shape[1]
-    mean = torch.tensor(normalization.mean, dtype=torch.float32, device=x.device)
-    mean = mean.view(1, channels, 1, 1)
-    std = torch.tensor(normalization.std, dtype=torch.float32, device=x.device)
-    std = std.view(1, channels, 1, 1)
+    mean, std = _mean_and_std(normalization, x.shape[1], x.device)
     return (x.to(torch.float32).div_(255.0) - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_and_std(
+    normalization: Normalization, channels: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalization``'s mean and std as ``(1, C, 1, 1)`` tensors, made once (a predict
+    request normalizes one image: building them was half of its 50 us); never modified."""
+    mean = torch.tensor(normalization.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(normalization.std, dtype=torch.float32, device=device)
+    return mean.view(1, channels, 1, 1), std.view(1, channels, 1, 1)
 
 
 @dataclass
