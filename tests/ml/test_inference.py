@@ -12,7 +12,6 @@ from cnnswarm.ml.inference import (
     compiled_for_serving,
     count_batch_norms,
     fold_batch_norms,
-    power_of_two_pieces,
 )
 from cnnswarm.ml.models import build_model
 from cnnswarm.ml.seed_model import FoldedNNConvResNetRGB, TiedBatchNorm2d
@@ -97,17 +96,6 @@ def test_a_prediction_does_not_depend_on_the_rest_of_its_batch(
             among_others = torch.softmax(net(torch.cat([others[:20], batch[:1]])), 1)[-1:]
         torch.testing.assert_close(in_its_batch, alone, rtol=0, atol=1e-5)
         torch.testing.assert_close(among_others, alone, rtol=0, atol=1e-5)
-
-
-def test_a_batch_runs_in_at_most_seven_shapes_up_to_64_rows() -> None:
-    shapes: set[int] = set()
-    for rows in range(1, 65):
-        pieces = power_of_two_pieces(rows)
-        assert sum(pieces) == rows
-        assert pieces == sorted(set(pieces), reverse=True)  # distinct, largest first
-        shapes.update(pieces)
-    assert shapes == {1, 2, 4, 8, 16, 32, 64}
-    assert power_of_two_pieces(13) == [8, 4, 1]
 
 
 def _ops(graph: nn.Module) -> set[str]:

@@ -23,9 +23,7 @@ A batch of ``BATCHED_FROM_ROWS`` or more rows runs a second copy of that graph m
 (``torch.jit.optimize_for_inference``: its convolutions take oneDNN's blocked layout, with
 ReLUs fused in). Measured on a ResNet8, one torch thread: 1.2-1.4x as fast as the frozen graph
 from 2 to 32 rows, but 0.7-0.8x at 1 row, where converting the layout costs more than it saves;
-so a lone request keeps the frozen graph. Both copies are checked against the model. A batch
-runs in pieces of power-of-two sizes (``power_of_two_pieces``), which bounds the shapes, and so
-the memory, each oneDNN graph keeps.
+so a lone request keeps the frozen graph. Both copies are checked against the model.
 """
 
 from __future__ import annotations
@@ -105,23 +103,8 @@ class ServedGraphs(nn.Module):
         self.for_batches = for_batches
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if len(inputs) < BATCHED_FROM_ROWS:
-            return self.frozen(inputs)  # type: ignore[no-any-return]
-        pieces = []
-        start = 0
-        for rows in power_of_two_pieces(len(inputs)):
-            graph = self.for_batches if rows >= BATCHED_FROM_ROWS else self.frozen
-            pieces.append(graph(inputs[start : start + rows]))
-            start += rows
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-def power_of_two_pieces(rows: int) -> list[int]:
-    """``rows`` as a sum of distinct powers of two, largest first (13 -> [8, 4, 1]). Each input
-    shape a oneDNN graph meets keeps memory of its own (measured: a ResNet8 run at every batch
-    size from 2 to 64 grew its process by 150 MB, at the powers of two by 10 MB), so batches run
-    in at most 7 shapes up to 64 rows, with no padding."""
-    return [1 << bit for bit in reversed(range(rows.bit_length())) if rows >> bit & 1]
+        graph = self.for_batches if len(inputs) >= BATCHED_FROM_ROWS else self.frozen
+        return graph(inputs)  # type: ignore[no-any-return]
 
 
 def compiled_for_serving(model: nn.Module, sample: torch.Tensor) -> nn.Module:
