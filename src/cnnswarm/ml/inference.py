@@ -18,12 +18,6 @@ gevent worker's event loop parsing and decoding other requests while a forward p
 thread pool): measured with one torch thread and a pure-Python loop holding the GIL, a ResNet8
 ran 78 against 6 images/s at batch 1 and 403 against 40 at batch 8 (idle: 873 against 707,
 1,256 against 1,104). The same tracing makes the TorchScript export (``ml.model_files``).
-
-A batch of ``BATCHED_FROM_ROWS`` or more rows runs a second copy of that graph made for oneDNN
-(``torch.jit.optimize_for_inference``: its convolutions take oneDNN's blocked layout, with
-ReLUs fused in). Measured on a ResNet8, one torch thread: 1.2-1.4x as fast as the frozen graph
-from 2 to 32 rows, but 0.7-0.8x at 1 row, where converting the layout costs more than it saves;
-so a lone request keeps the frozen graph. Both copies are checked against the model.
 """
 
 from __future__ import annotations
@@ -41,8 +35,6 @@ log = logging.getLogger(__name__)
 
 # Folding changes the rounding of each output, never more than this (checked at load).
 FOLD_TOLERANCE = 1e-4
-# Batches of this many rows or more run the oneDNN graph (see the module docstring).
-BATCHED_FROM_ROWS = 2
 
 
 def fold_batch_norms(model: nn.Module, sample: torch.Tensor) -> nn.Module:
@@ -93,70 +85,30 @@ def warm_up_torchscript() -> None:
     traced_and_frozen(nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU()).eval(), torch.zeros(1, 1, 2, 2))
 
 
-class ServedGraphs(nn.Module):
-    """A model's frozen TorchScript for single rows and its oneDNN copy for batches of
-    ``BATCHED_FROM_ROWS`` or more (see the module docstring)."""
-
-    def __init__(self, frozen: torch.jit.ScriptModule, for_batches: torch.jit.ScriptModule):
-        super().__init__()
-        self.frozen = frozen
-        self.for_batches = for_batches
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        graph = self.for_batches if len(inputs) >= BATCHED_FROM_ROWS else self.frozen
-        return graph(inputs)  # type: ignore[no-any-return]
-
-
 def compiled_for_serving(model: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """``model`` (eval mode) as frozen TorchScript, with a oneDNN copy for batches
-    (``ServedGraphs``), each checked against ``model`` on ``sample`` and on a batch of another
-    size (a trace must not have fixed it). The frozen graph alone when the oneDNN copy cannot be
-    made or disagrees; ``model`` itself, logged, when it does not trace cleanly (a
-    ``TracerWarning``: control flow on values) or its TorchScript disagrees by more than
-    ``FOLD_TOLERANCE``."""
-    checks = (sample, torch.cat([sample, sample[:1]]))
+    """``model`` (eval mode) as frozen TorchScript, checked against ``model`` on ``sample`` and on
+    a batch of another size (a trace must not have fixed it); ``model`` itself, logged, when it
+    does not trace cleanly (a ``TracerWarning``: control flow on values) or the two disagree by
+    more than ``FOLD_TOLERANCE``."""
+    other_size = torch.cat([sample, sample[:1]])
     try:
         with warnings.catch_warnings():
             # A trace that had to turn a tensor into a Python value (control flow on values)
             # froze one path: not the model.
             warnings.simplefilter("error", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             frozen = traced_and_frozen(model, sample)
-        agree = _agrees(frozen, model, checks)
+        with torch.inference_mode():
+            agree = all(
+                torch.allclose(frozen(x), model(x), rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE)
+                for x in (sample, other_size)
+            )
     except Exception as exc:  # data-dependent control flow, untraceable ops, shape mismatch
         log.info("serving %s eagerly: it does not trace (%s)", type(model).__name__, exc)
         return model
     if not agree:
         log.warning("serving %s eagerly: its TorchScript disagrees", type(model).__name__)
         return model
-    try:
-        for_batches = _onednn_graph(model, sample)
-        agree = _agrees(for_batches, model, checks)
-    except Exception as exc:  # an op oneDNN's pass cannot take
-        log.info("serving %s without oneDNN (%s)", type(model).__name__, exc)
-        return frozen
-    if not agree:
-        log.warning("serving %s without oneDNN: its oneDNN graph disagrees", type(model).__name__)
-        return frozen
-    return ServedGraphs(frozen, for_batches)
-
-
-def _onednn_graph(model: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model`` traced, frozen and rewritten for oneDNN (``optimize_for_inference``)."""
-    # A trace of its own: the pass rewrites its module's graph in place (a deep copy shares it).
-    frozen = traced_and_frozen(model, sample)
-    with warnings.catch_warnings():
-        # Deprecated upstream in favour of torch.compile, which would hold the GIL in Python.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.optimize_for_inference(frozen)
-
-
-def _agrees(graph: nn.Module, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bool:
-    """Whether ``graph`` computes ``model``'s outputs on each of ``inputs``."""
-    with torch.inference_mode():
-        return all(
-            torch.allclose(graph(x), model(x), rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE)
-            for x in inputs
-        )
+    return frozen
 
 
 def count_batch_norms(model: nn.Module) -> int:
