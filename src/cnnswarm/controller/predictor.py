@@ -23,8 +23,10 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   gevent it runs on the event loop too when it is the worker's only request and its model has
   had nothing queued lately (``event_loop.run_off_the_loop_unless_alone``: c=1 +15-30 %);
   otherwise its one hand-off is to the loop's thread pool, which lets the loop go on.
-- **oneDNN for batches.** A batch of 2 or more rows runs a oneDNN copy of the frozen graph
-  (``ml.inference.ServedGraphs``: 1.2-1.4x as fast from 2 to 32 rows; c=32/64 +7-25 %).
+- **No oneDNN copy.** A oneDNN copy of the frozen graph for batches
+  (``torch.jit.optimize_for_inference``) ran batches of 2-32 rows 1.2-1.4x as fast and served
+  c=32/64 7-25 % more, but each worker kept 35-45 MB more (PSS with 10 cached models 583 MB
+  against 465, past the 500 MB bound), also with batches cut into power-of-two shapes.
 - **Batches under contention.** Requests that arrive while the model is busy queue; when the
   forward pass ends, the oldest waiting request's thread takes everything queued (up to
   ``PREDICT_MAX_BATCH`` rows) as one batch, while the other request threads keep parsing and
