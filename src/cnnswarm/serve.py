@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import uuid
 from collections.abc import Callable
@@ -260,6 +261,9 @@ def serve_controller(settings: Settings, *, url_file: Path | None = None) -> Non
     from cnnswarm.ml.inference import warm_up_torchscript
 
     warm_up_torchscript()  # shared by the workers, not allocated in each (served models are TS)
+    # The master's objects go to the collector's permanent generation: a worker's collections
+    # never write to them, so their pages stay shared after the fork instead of being copied.
+    gc.freeze()
 
     def build(worker_settings: Settings) -> Any:
         return create_app(worker_settings, start_background=True)
