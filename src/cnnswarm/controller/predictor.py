@@ -37,10 +37,10 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   model can answer in time are served (a count of 24 in flight refused 1,321 of c=32's
   requests).
 
-Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03, 3
-rounds): 186/363/563/585 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
-64/267/738/901 and LitServe's 150/178/252/333 (gthread workers: 177/266/408/567); controller PSS
-with 10 cached models 465 MB.
+Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03 17:01, 3
+rounds): 242/527/571/636 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
+86/355/826/1025 and LitServe's 145/295/288/312 (gthread workers: 215/342/455/620); controller PSS
+with 10 cached models 466 MB.
 
 Each worker process holds its own cache: a model is loaded once per worker (``weights_only``),
 put in eval mode, its batch norms folded into its convolutions and frozen to TorchScript
