@@ -9,7 +9,7 @@ archive) and succeeds. The module trains each type once and checks the results t
   (multipart PNG, base64 ``instances``, the seed's ``/get_examples`` + ``/predict``), scores the
   job's final recorded ``test_accuracy`` within 0.01, far above chance. The seed's network goes
   through the seed's own flow (``/train`` with ``example_idxs``, poll ``/status``) and must reach
-  0.8 held-out accuracy within 10 epochs.
+  0.75 held-out accuracy within 10 epochs (``LEARNS``).
 - eval mode: the downloaded model file, in eval mode in this process (running statistics, what
   is served), scores exactly its recorded ``test_accuracy``, which is a real accuracy; and what
   the same weights score with batch statistics (the only mode the seed ever used), within 3
