@@ -42,8 +42,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def run_inline(forward: Forward, inputs: torch.Tensor, contended: bool = False) -> torch.Tensor:
-    """Run the forward pass in the calling thread."""
+def run_inline(forward: Forward, inputs: torch.Tensor, contended: bool) -> torch.Tensor:
+    """Run the forward pass in the calling thread, contended or not."""
     return forward(inputs)
 
 
