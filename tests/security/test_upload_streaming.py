@@ -11,16 +11,33 @@ import requests
 
 from chaos_support import rss_kib
 from cluster import Cluster, ServerProcess, living_group_members
+from support import wait_until
 
 pytestmark = pytest.mark.e2e
 
 LIMIT_MB = 1
+WORKERS = 2  # the default
 SENT_MB = 96
 
 
 def group_rss_mib(server: ServerProcess) -> float:
-    """Resident memory of the server's whole process group (gunicorn master and worker)."""
+    """Resident memory of the server's whole process group (gunicorn master and workers)."""
     return sum(rss_kib(pid) for pid in living_group_members(server.pid)) / 1024
+
+
+def settled_group_rss_mib(server: ServerProcess, processes: int) -> float:
+    """``group_rss_mib`` once the group has ``processes`` members and its memory stopped
+    growing (a worker still booting after ``/readyz`` answered would count as growth)."""
+    readings: list[float] = []
+
+    def settled() -> bool:
+        readings.append(group_rss_mib(server))
+        members = len(living_group_members(server.pid))
+        steady = len(readings) > 1 and abs(readings[-1] - readings[-2]) < 2
+        return members == processes and steady
+
+    wait_until(settled, 30, interval=0.5, what="the controller's memory to settle")
+    return readings[-1]
 
 
 def oversized_body() -> Iterator[bytes]:
@@ -48,8 +65,10 @@ def post(url: str, **kwargs: object) -> int:
 
 def test_streamed_upload_over_the_limit_is_413_with_bounded_memory(tmp_path: Path) -> None:
     with Cluster(tmp_path / "cluster") as cluster:
-        controller = cluster.start_controller(env={"MAX_UPLOAD_MB": str(LIMIT_MB)})
-        before = group_rss_mib(controller)
+        controller = cluster.start_controller(
+            env={"MAX_UPLOAD_MB": str(LIMIT_MB), "GUNICORN_WORKERS": str(WORKERS)}
+        )
+        before = settled_group_rss_mib(controller, processes=1 + WORKERS)
         chunked = post(controller.url, data=oversized_body())
         declared = post(controller.url, data=b"\0" * ((LIMIT_MB + 1) << 20))
         after = group_rss_mib(controller)
