@@ -9,7 +9,7 @@ archive) and succeeds. The module trains each type once and checks the results t
   (multipart PNG, base64 ``instances``, the seed's ``/get_examples`` + ``/predict``), scores the
   job's final recorded ``test_accuracy`` within 0.01, far above chance. The seed's network goes
   through the seed's own flow (``/train`` with ``example_idxs``, poll ``/status``) and must reach
-  0.75 held-out accuracy within 10 epochs (``LEARNS``).
+  0.75 held-out accuracy within 8 epochs (``LEARNS``, ``SEED_EPOCHS``).
 - eval mode: the downloaded model file, in eval mode in this process (running statistics, what
   is served), scores exactly its recorded ``test_accuracy``, which is a real accuracy; and what
   the same weights score with batch statistics (the only mode the seed ever used), within 3
@@ -52,11 +52,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 CHANCE = 0.1
 TOLERANCE = 0.01
 SEED_MODEL = "NNConvResNetRGB"
+SEED_EPOCHS = 8  # with the seed's options it passes 0.9 at epoch 7 (0.56 at epoch 6)
 # Short runs that learn this dataset well (the seed's network keeps the seed's own options).
 V1_JOBS = {
-    "ResNet8": {**QUICK_OPTS, "num_epochs": 5},
-    "ResNet20": {**QUICK_OPTS, "num_epochs": 3},
-    "SmallConvNet": {**QUICK_OPTS, "num_epochs": 3},
+    "ResNet8": {**QUICK_OPTS, "num_epochs": 3},
+    "ResNet20": {**QUICK_OPTS, "num_epochs": 2},
+    "SmallConvNet": {**QUICK_OPTS, "num_epochs": 2},
 }
 # The least test accuracy each type's short run must record.
 LEARNS = {SEED_MODEL: 0.75, "ResNet8": 0.6, "ResNet20": 0.6, "SmallConvNet": 0.8}
@@ -106,7 +107,7 @@ def trained(
         "model_type": SEED_MODEL,
         "model_id": "seed-net",
         "example_idxs": [0, len(dataset.x_train)],
-        "train_opts": {"num_epochs": 10, "scheduler_mode": "plateau", "seed": 0},
+        "train_opts": {"num_epochs": SEED_EPOCHS, "scheduler_mode": "plateau", "seed": 0},
     }
     answer = requests.post(f"{url}/train", json=seed_body, timeout=10)
     assert answer.status_code == 200, answer.text
@@ -160,7 +161,7 @@ def test_every_model_type_serves_its_recorded_test_accuracy(
     for model_type, result in trained.items():
         served = _check_served(cluster, result, dataset)
         if model_type == SEED_MODEL:
-            assert served["seed"] >= 0.8, served  # the seed flow, within 10 epochs
+            assert served["seed"] >= 0.8, served  # the seed flow, within SEED_EPOCHS
 
 
 def _accuracy(model: nn.Module, dataset: ArrayDataset, batch_statistics: bool) -> float:
