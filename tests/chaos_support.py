@@ -325,17 +325,20 @@ def controller_outage(
     until: Callable[[], bool] | None = None,
     until_timeout_s: float = 180.0,
 ) -> dict[str, float]:
-    """Kill -9 the controller, keep it down ``downtime_s`` and then, when ``until`` is given,
-    until ``until()`` holds (an outage that lasts until the trainers have gone through what a
-    long one puts them through, however long that takes); restart it (same port, HOME_DIR and
-    SQLite file); check the job list and attempts, wait for the trainers to re-attach.
+    """Once every running job is training, kill -9 the controller, keep it down ``downtime_s``
+    and then, when ``until`` is given, until ``until()`` holds (an outage that lasts until the
+    trainers have gone through what a long one puts them through, however long that takes);
+    restart it (same port, HOME_DIR and SQLite file); check the job list and attempts, wait for
+    the trainers to re-attach.
     Returns the figures (``downtime_s``: how long it was down)."""
     controller = cluster.controller
-    wait_until(
-        lambda: any(j["state"] == "running" and j["progress"] > 0 for j in client.list_jobs()),
-        60,
-        what="a job training",
-    )
+
+    def every_running_job_training() -> bool:
+        running = [j for j in client.list_jobs() if j["state"] == "running"]
+        return bool(running) and all(j["progress"] > 0 for j in running)
+
+    # Not a job still starting (fetching its dataset): the outage is meant to hit training.
+    wait_until(every_running_job_training, 60, what="every running job training")
     before = _snapshot(client)
     trainer_names = {t.name for t in cluster.live_trainers()}
     controller.kill()

@@ -70,8 +70,10 @@ GIVE_UPS = 2
 def _checkpoints_given_up_and_training_on(cluster: Cluster) -> Callable[[], bool]:
     """A condition on the live trainers, for an outage: every job one of them trains has
     logged ``GIVE_UPS`` checkpoints it could not deliver (each retried for the whole checkpoint
-    budget) and has made progress since the last of them was first seen."""
-    progress_when_given_up: dict[tuple[str, int], float] = {}
+    budget) and has made progress since it was first seen to have (keyed by job alone: with
+    short epochs, progress moves right after each give-up, so a snapshot per give-up count
+    could always be taken just after the move)."""
+    progress_when_given_up: dict[str, float] = {}
 
     def holds() -> bool:
         training = 0
@@ -84,7 +86,7 @@ def _checkpoints_given_up_and_training_on(cluster: Cluster) -> Callable[[], bool
                 given_up = log.count(f"job {job_id}: WARNING checkpoint not delivered")
                 if given_up < GIVE_UPS:
                     return False
-                seen = progress_when_given_up.setdefault((job_id, given_up), entry["progress"])
+                seen = progress_when_given_up.setdefault(job_id, entry["progress"])
                 if entry["progress"] <= seen:
                     return False
         return training > 0
