@@ -80,6 +80,7 @@ class AppMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.scrape_collectors: list[Collector] = []
         self.buffers: list[Buffer] = []
+        self._requests_total: BufferedCounter | None = None
 
     def buffered_counter(self, counter: Counter) -> BufferedCounter:
         """``counter`` for hot paths: increments queued, written by ``flush``."""
@@ -127,29 +128,31 @@ class AppMetrics:
         """Serve ``GET /metrics`` and count ``app``'s requests by route (nothing when off)."""
         if not self.enabled:
             return
-        _count_requests(app, self)
+        # A counter only: a per-route duration histogram would cost every request (predict
+        # among them) more; predict has its own latency histogram.
+        self._requests_total = self.buffered_counter(
+            Counter(
+                "cnnswarm_http_requests_total",
+                "HTTP requests answered, by route template, method and status",
+                ["route", "method", "status"],
+                registry=self.registry,
+            )
+        )
+
+        @app.after_request
+        def _answered(response: Response) -> Response:
+            rule = request.url_rule
+            route = rule.rule if rule is not None else UNMATCHED_ROUTE
+            self.count_request(route, request.method, response.status_code)
+            return response
 
         @app.get("/metrics")
         def metrics() -> Response:
             return Response(self.exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
-
-def _count_requests(app: Flask, metrics: AppMetrics) -> None:
-    # A counter only: a per-route duration histogram would cost every request (predict among
-    # them) more; predict has its own latency histogram.
-    requests_total = metrics.buffered_counter(
-        Counter(
-            "cnnswarm_http_requests_total",
-            "HTTP requests answered, by route template, method and status",
-            ["route", "method", "status"],
-            registry=metrics.registry,
-        )
-    )
-
-    @app.after_request
-    def _answered(response: Response) -> Response:
-        rule = request.url_rule
-        route = rule.rule if rule is not None else UNMATCHED_ROUTE
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        requests_total.inc(route, method, str(response.status_code))
-        return response
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """Count one answered request (``route``: the URL rule it matched); a no-op until
+        ``install`` (and with metrics off)."""
+        if self._requests_total is not None:
+            known = method if method in KNOWN_METHODS else "OTHER"
+            self._requests_total.inc(route, known, str(status))

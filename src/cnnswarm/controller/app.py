@@ -34,6 +34,7 @@ from cnnswarm.controller.datasets import DatasetService
 from cnnswarm.controller.event_loop import count_requests
 from cnnswarm.controller.metrics import ControllerMetrics, database_collector
 from cnnswarm.controller.openapi import build_openapi
+from cnnswarm.controller.predict_path import answer_json_predicts_first
 from cnnswarm.controller.predictor import Predictor
 from cnnswarm.controller.scheduler import Scheduler
 from cnnswarm.exposition import AppMetrics
@@ -65,7 +66,9 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
         metrics=metrics,
     )
     app = Flask(__name__)
-    app.wsgi_app = count_requests(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    app.wsgi_app = count_requests(  # type: ignore[method-assign,assignment]
+        answer_json_predicts_first(app, context, app_metrics)
+    )
     # Larger bodies get 413 from werkzeug before they are read.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["cnnswarm"] = context

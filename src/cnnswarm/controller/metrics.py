@@ -177,14 +177,15 @@ class ControllerMetrics:
     # -- predict ----------------------------------------------------------------------------
 
     @contextmanager
-    def predict_request(self) -> Iterator[PredictOutcome]:
+    def predict_request(self, started: float | None = None) -> Iterator[PredictOutcome]:
         """Count the predict request run in the block by model and status (the status of the
-        error it raises, else 200) and time it when it succeeds."""
+        error it raises, else 200) and time it when it succeeds: from ``started``
+        (``time.perf_counter()``) when given, else from the block's start."""
         outcome = PredictOutcome()
         if not self.enabled:
             yield outcome
             return
-        started = time.perf_counter()
+        started = time.perf_counter() if started is None else started
         try:
             yield outcome
         except CnnSwarmError as error:

@@ -139,12 +139,13 @@ def train() -> dict[str, Any]:
 @bp.post("/predict")
 @seed_errors
 def predict() -> dict[str, Any]:
-    with ctx().metrics.predict_request() as observed:
+    context = ctx()
+    with context.metrics.predict_request() as observed:
         body = validated(SeedPredictRequest, json_body())
-        loaded = load_model(body.model_id)
+        loaded = load_model(context, body.model_id)
         observed.model = loaded.model_id
         inputs = examples_to_tensor(body.examples, loaded.preprocessing, MAX_SEED_EXAMPLES)
-        predictions = ctx().predictor.predict(loaded, inputs, top_k=1)
+        predictions = context.predictor.predict(loaded, inputs, top_k=1)
     tags = seed_tags(loaded.classes)
     idxs = [p["class_idx"] for p in predictions]
     return {
