@@ -27,6 +27,11 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   (``torch.jit.optimize_for_inference``) ran batches of 2-32 rows 1.2-1.4x as fast and served
   c=32/64 7-25 % more, but each worker kept 35-45 MB more (PSS with 10 cached models 583 MB
   against 465, past the 500 MB bound), also with batches cut into power-of-two shapes.
+- **JSON predicts skip Flask.** A predict with a JSON body is answered by a WSGI layer in front
+  of the Flask app (``controller.predict_path``) with the route's own functions and metrics;
+  multipart uploads, other shapes and every error stay Flask's. Flask's request context,
+  routing, hooks and response objects cost as much CPU as the rest of the request besides the
+  forward pass: side by side, c=8 604 against 483 req/s, c=32 679 against 570.
 - **Batches under contention.** Requests that arrive while the model is busy queue; when the
   forward pass ends, the oldest waiting request's thread takes everything queued (up to
   ``PREDICT_MAX_BATCH`` rows) as one batch, while the other request threads keep parsing and
@@ -37,10 +42,12 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   model can answer in time are served (a count of 24 in flight refused 1,321 of c=32's
   requests).
 
-Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03 17:01, 3
-rounds): 242/527/571/636 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
-86/355/826/1025 and LitServe's 145/295/288/312 (gthread workers: 215/342/455/620); controller PSS
-with 10 cached models 466 MB.
+Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03 21:38, 3
+rounds): 246/575/666/627 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
+81/346/872/915 and LitServe's 155/313/312/307: c=1 1.59x and c=8 1.66x the best peer, c=32 0.76x.
+At c=32 the forward passes alone (about 1.06 ms of CPU per image at batch 8 on one thread) would
+take 1.4 of the 2 cores at 1.5x TorchServe's rate, leaving 0.47 ms per request for HTTP, JSON,
+base64, PNG decoding and the answer; this pipeline spends 1.8 ms on those.
 
 Each worker process holds its own cache: a model is loaded once per worker (``weights_only``),
 put in eval mode, its batch norms folded into its convolutions and frozen to TorchScript
