@@ -30,7 +30,6 @@ from cnnswarm.store.artifacts import check_id
 from cnnswarm.store.catalog import model_to_json
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1")
-PREDICT_RULE = "/models/<model_id>/predict"
 
 IMAGE_FIELDS = ("files", "file", "images", "image")
 
@@ -132,7 +131,7 @@ def predict_answer(
     }
 
 
-@bp.post(PREDICT_RULE)
+@bp.post("/models/<model_id>/predict")
 @doc(
     "Classify images (multipart 'files', JSON base64 'instances' or normalized 'examples')",
     body=PredictRequest,

@@ -41,6 +41,7 @@ import orjson
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import MapAdapter, RequestRedirect
+from werkzeug.wsgi import get_content_length
 
 from cnnswarm.controller.context import ControllerContext
 from cnnswarm.controller.models_api import json_inputs, load_model, predict_answer
@@ -87,11 +88,11 @@ def answer_json_predicts_first(
         return rule.rule, str(args["model_id"]), query.group(1)
 
     def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        started = time.perf_counter()
         route = predict_route(environ)
-        length = _content_length(environ)
+        length = get_content_length(environ)  # what Flask reads: None for chunked, 0 if invalid
         if route is None or length is None or not 0 < length <= max_body:
             return flask_app(environ, start_response)
+        started = time.perf_counter()
         rule, model_id, top_k = route
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # for Flask, should it take the request over
@@ -115,11 +116,6 @@ def answer_json_predicts_first(
         return [payload]
 
     return serve
-
-
-def _content_length(environ: WSGIEnvironment) -> int | None:
-    text = environ.get("CONTENT_LENGTH")
-    return int(text) if text and text.isdigit() else None
 
 
 def _error_answer(
