@@ -54,8 +54,8 @@ TOLERANCE = 0.01
 SEED_MODEL = "NNConvResNetRGB"
 SEED_EPOCHS = 4
 # The seed's network with AdamW on batches of 32: 0.85 at epoch 3 and 0.90 at epoch 4 (in-process,
-# seed 0), where the seed's SGD needs 8 epochs for 0.93 (0.56 at epoch 6), twice the CPU time on
-# this module's critical path. bench/served_accuracy.py keeps the seed's own options.
+# seed 0), where the seed's SGD needs 8 epochs for 0.93 (0.56 at epoch 6): half the CPU time.
+# bench/served_accuracy.py keeps the seed's own options.
 SEED_TRAIN_OPTS = {
     "num_epochs": SEED_EPOCHS,
     "optimizer": "adamw",
@@ -64,7 +64,7 @@ SEED_TRAIN_OPTS = {
     "scheduler_mode": "plateau",
     "seed": 0,
 }
-# Short runs that learn this dataset well (the seed's network keeps the seed's own options).
+# Short runs that learn this dataset well (the seed's network: SEED_TRAIN_OPTS).
 V1_JOBS = {
     "ResNet8": {**QUICK_OPTS, "num_epochs": 3},
     "ResNet20": {**QUICK_OPTS, "num_epochs": 2},
