@@ -9,7 +9,7 @@ archive) and succeeds. The module trains each type once and checks the results t
   (multipart PNG, base64 ``instances``, the seed's ``/get_examples`` + ``/predict``), scores the
   job's final recorded ``test_accuracy`` within 0.01, far above chance. The seed's network goes
   through the seed's own flow (``/train`` with ``example_idxs``, poll ``/status``) and must reach
-  0.75 held-out accuracy within 4 epochs (``LEARNS``, ``SEED_TRAIN_OPTS``).
+  0.75 held-out accuracy within 3 epochs (``LEARNS``, ``SEED_TRAIN_OPTS``).
 - eval mode: the downloaded model file, in eval mode in this process (running statistics, what
   is served), scores exactly its recorded ``test_accuracy``, which is a real accuracy; and what
   the same weights score with batch statistics (the only mode the seed ever used), within 3
@@ -52,9 +52,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 CHANCE = 0.1
 TOLERANCE = 0.01
 SEED_MODEL = "NNConvResNetRGB"
-SEED_EPOCHS = 4
-# The seed's network with AdamW on batches of 32: 0.85 at epoch 3 and 0.90 at epoch 4 (in-process,
-# seed 0), where the seed's SGD needs 8 epochs for 0.93 (0.56 at epoch 6): half the CPU time.
+SEED_EPOCHS = 3
+# The seed's network with AdamW on batches of 32: 0.83 at epoch 2 and 0.88 at epoch 3 (in-process,
+# seed 0), where the seed's SGD needs 8 epochs for 0.93 (0.56 at epoch 6).
 # bench/served_accuracy.py keeps the seed's own options.
 SEED_TRAIN_OPTS = {
     "num_epochs": SEED_EPOCHS,
@@ -64,10 +64,11 @@ SEED_TRAIN_OPTS = {
     "scheduler_mode": "plateau",
     "seed": 0,
 }
-# Short runs that learn this dataset well (the seed's network: SEED_TRAIN_OPTS).
+# Short runs that learn this dataset well (the seed's network: SEED_TRAIN_OPTS). In-process, seed 0:
+# ResNet20 records 0.69 after one epoch; ResNet8 0.53 after two, 0.67 after three.
 V1_JOBS = {
     "ResNet8": {**QUICK_OPTS, "num_epochs": 3},
-    "ResNet20": {**QUICK_OPTS, "num_epochs": 2},
+    "ResNet20": {**QUICK_OPTS, "num_epochs": 1},
     "SmallConvNet": {**QUICK_OPTS, "num_epochs": 2},
 }
 # The least test accuracy each type's short run must record.
