@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes for every tier but Docker (pytest-xdist); the Docker tier runs after, alone.
+# Test processes (pytest-xdist). `--dist loadgroup`: the tests of an xdist_group run on one worker,
+# in order: the Docker tier (its containers mostly wait, so it runs beside the other tiers rather
+# than after them) and each module whose cluster is module-scoped (built once, not per worker).
 TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit venv clean browser prometheus
@@ -29,8 +31,7 @@ run: $(STAMP)
 ## Two test processes share the other tiers (the suite leaves a core idle much of the time);
 ## the Docker tier builds images and runs containers, so it runs alone afterwards.
 test: lint typecheck browser prometheus
-	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/docker $(PYTEST_ARGS)
-	$(BIN)/pytest tests/docker $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

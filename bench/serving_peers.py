@@ -309,6 +309,11 @@ if __name__ == "__main__":
 """
 
 
+# TorchServe works in (and removes) a folder named after the model in the system's temp folder:
+# a name no one else uses there (named "m", it removed /tmp/m and whatever was in it).
+TORCHSERVE_MODEL = "cnnswarm-bench-model"
+
+
 def start_torchserve(procs: Processes, python: Path, work: Path, common: str) -> str:
     """TorchServe: 2 workers, 1 torch thread each, batches up to 16 with a 5 ms delay."""
     store = work / "torchserve"
@@ -316,30 +321,31 @@ def start_torchserve(procs: Processes, python: Path, work: Path, common: str) ->
     (store / "handler.py").write_text(common + TORCHSERVE_HANDLER)
     bindir = python.parent
     subprocess.run(
-        [str(bindir / "torch-model-archiver"), "--model-name", "m", "--version", "1",
+        [str(bindir / "torch-model-archiver"), "--model-name", TORCHSERVE_MODEL, "--version", "1",
          "--serialized-file", str(work / "model.pt"), "--handler", str(store / "handler.py"),
          "--export-path", str(store), "-f"],
         check=True,
     )  # fmt: skip
     inference, management, metrics = free_port(), free_port(), free_port()
     model_config = {
-        "m": {
-            "1": {"defaultVersion": True, "marName": "m.mar", "minWorkers": 2, "maxWorkers": 2,
-                  "batchSize": 16, "maxBatchDelay": 5},
+        TORCHSERVE_MODEL: {
+            "1": {"defaultVersion": True, "marName": f"{TORCHSERVE_MODEL}.mar",
+                  "minWorkers": 2, "maxWorkers": 2, "batchSize": 16, "maxBatchDelay": 5},
         }
     }  # fmt: skip
     (store / "config.properties").write_text(
         f"inference_address=http://127.0.0.1:{inference}\n"
         f"management_address=http://127.0.0.1:{management}\n"
         f"metrics_address=http://127.0.0.1:{metrics}\n"
-        f"disable_token_authorization=true\nmodel_store={store}\nload_models=m.mar\n"
+        f"disable_token_authorization=true\nmodel_store={store}\n"
+        f"load_models={TORCHSERVE_MODEL}.mar\n"
         f"models={json.dumps(model_config)}\n"
     )
     command = [str(bindir / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config",
                str(store / "config.properties"), "--model-store", str(store)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{bindir}:{os.environ['PATH']}")
     procs.start("torchserve", command, env, store)
-    return f"http://127.0.0.1:{inference}/predictions/m"
+    return f"http://127.0.0.1:{inference}/predictions/{TORCHSERVE_MODEL}"
 
 
 def start_litserve(procs: Processes, python: Path, work: Path, common: str) -> str:

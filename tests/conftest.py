@@ -1,9 +1,10 @@
 """Fixtures shared by every tier: a private PostgreSQL server and the database URLs to test
 the stores against (SQLite file and PostgreSQL, the same code). Also the per-tier time table
-printed at the end of every run (``TierTimes``)."""
+printed at the end of every run (``TierTimes``), with the figures a tier measured."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import free_port
+from support import FIGURES_PROPERTY, free_port
 
 torch.set_num_threads(1)
 
@@ -38,10 +39,14 @@ class TierTimes:
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.outcomes: defaultdict[str, dict[str, str]] = defaultdict(dict)
+        self.figures: defaultdict[str, dict[str, float]] = defaultdict(dict)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         tier = tier_of(report.nodeid)
         self.seconds[tier] += report.duration
+        for name, value in report.user_properties:
+            if name == FIGURES_PROPERTY:
+                self.figures[tier].update(value)
         outcomes = self.outcomes[tier]
         # A test's outcome is its call's, unless setup or teardown failed or it was skipped.
         settled = outcomes.get(report.nodeid) in ("failed", "error")
@@ -68,10 +73,27 @@ class TierTimes:
             total_tests += count
             total_s += self.seconds[tier]
         write(f"{'all':<12} {total_tests:>6} {'':>7} {'':>8} {'':>7} {total_s:>8.1f}")
+        for tier, figures in sorted(self.figures.items()):
+            write(f"{tier} tier figures: {json.dumps(figures)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(TierTimes(), "cnnswarm-tier-times")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``), fail the run if pytest-xdist did not tag a
+    grouped test's id with its group: the groups would be ignored without a word (xdist 3.8
+    with pytest 9 does that), splitting the Docker tier and the module-scoped clusters."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"pytest-xdist's loadgroup did not group {item.nodeid}: "
+                "use the pytest and pytest-xdist versions pyproject.toml allows"
+            )
 
 
 def _pg_bindir() -> Path | None:

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# A test report's user property under this name holds figures its tier measured (a dict of
+# numbers); they travel with the report from a pytest-xdist worker, and the root conftest prints
+# them at the end of the run.
+FIGURES_PROPERTY = "tier_figures"
+
 
 def csp_directives(header: str) -> dict[str, list[str]]:
     """A Content-Security-Policy header as {directive: its sources}."""

@@ -40,6 +40,9 @@ from support import MarkerPayload
 
 torch.set_num_threads(1)
 
+# One worker runs the module: its seed network is trained once (seed_trained), not per worker.
+pytestmark = pytest.mark.xdist_group("model-import")
+
 SEED_TRAIN_ROWS = 1408  # a proper slice of the 1,437 training images, so example_idxs counts
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from support import wait_until
+from support import FIGURES_PROPERTY, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_BASE = "python:3.11-slim"
@@ -119,9 +119,14 @@ class Timings:
 TIMINGS = Timings()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each report carries the figures so far; the root conftest prints the last at the end
+    (this tier runs in a pytest-xdist worker, and the summary is written by the main process)."""
+    report = yield
     if TIMINGS.values:
-        terminalreporter.write_line(f"docker tier figures: {json.dumps(TIMINGS.values)}")
+        report.user_properties.append((FIGURES_PROPERTY, dict(TIMINGS.values)))
+    return report
 
 
 class Docker:
@@ -141,7 +146,10 @@ class Docker:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment compose runs in: build arguments, the classic builder, ``extra``."""
-        env = dict(os.environ, DOCKER_BUILDKIT="0", COMPOSE_DOCKER_CLI_BUILD="0")
+        # Not COLUMNS or LINES: pytest-xdist sets them in its workers, and compose would wrap the
+        # rows of its tables (`ps`) to that width instead of printing one line per container.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env.update(DOCKER_BUILDKIT="0", COMPOSE_DOCKER_CLI_BUILD="0")
         env["BASE_IMAGE"] = self.base_image
         env["WHEELS_ONLY"] = "1" if self.wheels_only else "0"
         env.update(extra)

@@ -13,7 +13,7 @@ import requests
 
 from cnnswarm.client import Client
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 TRAIN_OPTS = {"num_epochs": 2, "seed": 0}
 

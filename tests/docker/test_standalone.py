@@ -10,7 +10,7 @@ import pytest
 
 from cnnswarm.client import Client
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 
 def test_docker_run_controller_and_trainer_on_a_network(

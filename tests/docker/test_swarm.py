@@ -17,7 +17,7 @@ import requests
 
 from cnnswarm.client import Client
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 CONTROLLER = "http://127.0.0.1:48515"  # the stack publishes in host mode (no routing mesh)
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -19,7 +19,11 @@ from cluster import Cluster, living_group_members
 from cnnswarm.client import Client
 from support import image_folder_zip, png_bytes, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(240),
+    pytest.mark.xdist_group("flows"),  # one worker builds the module's cluster
+]
 
 CIFAR_TAGS = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

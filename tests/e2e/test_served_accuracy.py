@@ -47,7 +47,12 @@ from real_images import QUICK_OPTS, digits_rgb32, write_cifar10_archive
 from served import FORMS, served_accuracy
 from support import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.xdist_group("served-accuracy"),  # one worker builds the module's cluster
+]
 
 CHANCE = 0.1
 TOLERANCE = 0.01

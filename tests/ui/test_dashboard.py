@@ -16,7 +16,13 @@ from support import wait_until
 from ui.browser import HOSTILE, Browser, needs_browser
 from ui.dashboard import QUICK_OPTS, Dashboard, digit_pngs, tiny_digits_zip
 
-pytestmark = [needs_browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [
+    needs_browser,
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.xdist_group("dashboard"),  # one worker builds the module's cluster
+]
 
 
 def _open_the_form(browser: Browser, dashboard: Dashboard) -> int:
