@@ -42,12 +42,13 @@ The pipeline, and why (issue 10, measured on 2 shared cores with a ResNet8 on 3x
   model can answer in time are served (a count of 24 in flight refused 1,321 of c=32's
   requests).
 
-Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-03 21:38, 3
-rounds): 246/575/666/627 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
-81/346/872/915 and LitServe's 155/313/312/307: c=1 1.59x and c=8 1.66x the best peer, c=32 0.76x.
-At c=32 the forward passes alone (about 1.06 ms of CPU per image at batch 8 on one thread) would
-take 1.4 of the 2 cores at 1.5x TorchServe's rate, leaving 0.47 ms per request for HTTP, JSON,
-base64, PNG decoding and the answer; this pipeline spends 1.8 ms on those.
+Measured side by side with ``bench/serving_peers.py`` (README, Benchmarks; 2026-12-04 03:55, 3
+rounds): 248/643/670/691 req/s at c=1/8/32/64 with 0 non-2xx, against TorchServe's
+92/371/674/931 and LitServe's 180/338/340/324: c=1 1.38x (1.48-1.59x in other runs) and c=8 1.73x
+the best peer, c=32 0.99x. At c=32 the forward passes alone (about 1.0 ms of CPU per image at
+batch 8 on one thread) would take 1.3-1.4 of the 2 cores at 1.5x TorchServe's usual rate,
+leaving under 0.5 ms per request for HTTP, JSON, base64, PNG decoding and the answer; this
+pipeline spends 1.8 ms on those.
 
 Each worker process holds its own cache: a model is loaded once per worker (``weights_only``),
 put in eval mode, its batch norms folded into its convolutions and frozen to TorchScript
