@@ -28,8 +28,7 @@ run: $(STAMP)
 	$(BIN)/cnn-swarm up --trainers 2
 
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
-## Two test processes share the other tiers (the suite leaves a core idle much of the time);
-## the Docker tier builds images and runs containers, so it runs alone afterwards.
+## One pytest session over TEST_WORKERS processes, every tier (Docker included; see above).
 test: lint typecheck browser prometheus
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 BATCH = 32  # 32 images of 32x32: just large enough for more than one thread (threads_for)
 # Asked every 4 batches here instead of the module's 20: the same asks on a quarter of the batches
-# (5 per epoch: 4 progress reports inside it).
+# (5 batches per epoch, with 4 progress reports inside it).
 CHECK_EVERY = 4
 
 
