@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). `--dist loadgroup`: the tests of an xdist_group run on one worker,
 # in order: the Docker tier (its containers mostly wait, so it runs beside the other tiers rather
-# than after them) and each module whose cluster is module-scoped (built once, not per worker).
+# than after them) and each module that builds one cluster or trained model for all its tests
+# (built once, not on each worker).
 TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit venv clean browser prometheus
