@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist). `--dist loadgroup`: the tests of an xdist_group run on one worker,
-# in order: the Docker tier (its containers mostly wait, so it runs beside the other tiers rather
-# than after them) and each module that builds one cluster or trained model for all its tests
-# (built once, not on each worker).
+# Test processes (pytest-xdist): TEST_WORKERS share the tests, one per core. `--dist loadgroup`:
+# the tests of an xdist_group run on one worker, in order: each module that builds one cluster or
+# trained model for all its tests (built once, not on each worker). `--aside-group docker`: the
+# Docker tier, which mostly waits on containers (a fifth of a core), runs on one more worker of
+# its own, beside the others (tests/xdist_aside.py).
 TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit venv clean browser prometheus
@@ -29,9 +30,9 @@ run: $(STAMP)
 	$(BIN)/cnn-swarm up --trainers 2
 
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
-## One pytest session over TEST_WORKERS processes, every tier (Docker included; see above).
+## One pytest session, every tier (Docker included; see above).
 test: lint typecheck browser prometheus
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n $$(($(TEST_WORKERS) + 1)) --dist loadgroup --aside-group docker $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -30,14 +30,18 @@ def _job(num_epochs: int) -> dict[str, Any]:
     }
 
 
-def _finish(client: Client, job_ids: list[str], num_epochs: int) -> None:
-    for job_id in job_ids:
+# The job that waits in the queue through the outages needs no long run of its own.
+QUEUED_JOB_EPOCHS = 2
+
+
+def _finish(client: Client, epochs_by_job: dict[str, int]) -> None:
+    for job_id, num_epochs in epochs_by_job.items():
         final = client.wait_for_job(job_id, timeout=240)
         assert final["state"] == "succeeded", final["error"]
         assert final["attempt"] == 1, final
         assert [m["epoch"] for m in final["metrics"]] == list(range(1, num_epochs + 1))
-    models = [m for m in client.list_models() if m["job_id"] in job_ids]
-    assert sorted(m["job_id"] for m in models) == sorted(job_ids)
+    models = [m for m in client.list_models() if m["job_id"] in epochs_by_job]
+    assert sorted(m["job_id"] for m in models) == sorted(epochs_by_job)
 
 
 def _run(
@@ -47,15 +51,18 @@ def _run(
     until: Callable[[], bool] | None = None,
 ) -> list[dict[str, float]]:
     """Three jobs on two trainers through one outage per entry of ``downtimes`` (each lasting
-    also until ``until()`` holds, when given); each outage's figures."""
+    also until ``until()`` holds, when given): two of ``num_epochs`` run through the outages,
+    a short one waits in the queue behind them; each outage's figures."""
     cluster.start_controller()
     cluster.start_trainers(2)
     client = cluster.client()
     wait_until(lambda: len(client.list_trainers()) == 2, 20, what="two trainers")
-    # Two run, one waits in the queue: all three must survive every outage.
-    job_ids = [client.submit_job(**_job(num_epochs))["id"] for _ in range(3)]
+    # Two run, one waits in the queue (FIFO: the last submitted): all three must survive every
+    # outage.
+    epochs = [num_epochs, num_epochs, QUEUED_JOB_EPOCHS]
+    epochs_by_job = {client.submit_job(**_job(n))["id"]: n for n in epochs}
     figures = [controller_outage(cluster, client, downtime, until=until) for downtime in downtimes]
-    _finish(client, job_ids, num_epochs)
+    _finish(client, epochs_by_job)
     return figures
 
 

@@ -1,11 +1,16 @@
-"""Data-parallel jobs on a real cluster (``workers: 2``): gloo over loopback between two trainer
+"""Data-parallel jobs on a real cluster (``workers: 2``): gloo over loopback between trainer
 processes that share no filesystem. A 2-worker job succeeds with one model; ``kill -9`` of rank
 1's or rank 0's trainer mid-run ends the attempt for the gang and the job resumes from rank 0's
-checkpoint on a new gang; a gang waits for a second trainer and starts when one registers;
-cancel stops every member; a controller restart does not split a running gang."""
+checkpoint on a new gang; a gang waits for a trainer it lacks and starts when one registers;
+cancel stops every member; a controller restart does not split a running gang.
+
+The tests share one cluster (a controller and three trainers, one spare for a new gang): each
+starts with every trainer alive and idle (a killed one is replaced) and ends with no job left
+running (``_shared``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +19,14 @@ from cluster import Cluster, ServerProcess
 from cnnswarm.client import Client
 from support import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("data-parallel"),  # one worker builds the module's cluster
+]
 
 EPOCHS = 6
+TRAINERS = 3  # a gang of two and a spare for the new gang after a kill
 JOB: dict[str, Any] = {
     "dataset": "digits",
     "model_type": "SmallConvNet",
@@ -26,12 +36,49 @@ JOB: dict[str, Any] = {
 }
 
 
-def _start(cluster: Cluster, trainers: int) -> Client:
-    cluster.start_controller()
-    cluster.start_trainers(trainers)
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One controller and ``TRAINERS`` trainers for the whole module."""
+    with Cluster(tmp_path_factory.mktemp("data-parallel")) as started:
+        started.start_controller()
+        started.start_trainers(TRAINERS)
+        yield started
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
+    """The shared cluster with its controller up and ``TRAINERS`` live, idle trainers
+    registered; afterwards every unfinished job is cancelled and every trainer is idle again."""
+    if not any(server.alive() for server in shared_cluster.controllers):
+        shared_cluster.restart(shared_cluster.controllers[0])
+    live = list(shared_cluster.live_trainers())
+    if len(live) < TRAINERS:
+        shared_cluster.start_trainers(TRAINERS - len(live))
+    _wait_idle(shared_cluster)
+    yield shared_cluster
+    client = shared_cluster.client()
+    for job in client.list_jobs():
+        if job["state"] in ("queued", "running"):
+            client.cancel_job(job["id"])
+    _wait_idle(shared_cluster)
+
+
+def _wait_idle(cluster: Cluster) -> None:
+    """Wait until every live trainer is registered idle and has every slot free."""
     client = cluster.client()
-    wait_until(lambda: len(client.list_trainers()) == trainers, 30, what="trainers registered")
-    return client
+
+    def idle() -> bool:
+        registered = {t["url"].rstrip("/"): t for t in client.list_trainers()}
+        for server in cluster.live_trainers():
+            entry = registered.get(server.url.rstrip("/"))
+            if entry is None or entry["state"] != "idle":
+                return False
+            status = server.get("/status")
+            if status["free_slots"] != status["slots"]:
+                return False
+        return True
+
+    wait_until(idle, 60, interval=0.1, what="every live trainer registered and idle")
 
 
 def _submit(client: Client) -> str:
@@ -73,7 +120,7 @@ def _assert_one_run(final: dict[str, Any], checkpointed: list[dict[str, Any]]) -
 def test_a_two_worker_job_trains_on_both_trainers_and_publishes_one_model(
     cluster: Cluster,
 ) -> None:
-    client = _start(cluster, 2)
+    client = cluster.client()
     job_id = _submit(client)
     rank0, rank1 = _gang(cluster, client, job_id)
     assert rank0 is not rank1
@@ -83,7 +130,9 @@ def test_a_two_worker_job_trains_on_both_trainers_and_publishes_one_model(
         assert member.get("/status")["jobs"][job_id]["attempt"] == 1
 
     def listed_on_both() -> bool:
-        return all(job_id in trainer["running_jobs"] for trainer in client.list_trainers())
+        gang = {member.url.rstrip("/") for member in (rank0, rank1)}
+        listing = [t for t in client.list_trainers() if t["url"].rstrip("/") in gang]
+        return len(listing) == 2 and all(job_id in t["running_jobs"] for t in listing)
 
     wait_until(listed_on_both, 20, what="both trainers listing the job")
     final = client.wait_for_job(job_id, timeout=240)
@@ -99,35 +148,36 @@ def test_a_two_worker_job_trains_on_both_trainers_and_publishes_one_model(
 def test_kill_9_of_a_member_resumes_the_job_on_a_new_gang(
     cluster: Cluster, victim_rank: int
 ) -> None:
-    client = _start(cluster, 3)  # a spare trainer for the new gang
+    client = cluster.client()
     job_id = _submit(client)
     gang = _gang(cluster, client, job_id)
     checkpointed = _wait_for_epochs(client, job_id, 1)
 
     gang[victim_rank].kill()  # kill -9 of its whole process group, mid-epoch
 
-    new_gang = _gang(cluster, client, job_id, attempt=2)
+    new_gang = _gang(cluster, client, job_id, attempt=2)  # the spare and the survivor
     assert gang[victim_rank] not in new_gang
     final = client.wait_for_job(job_id, timeout=240)
     assert final["attempt"] == 2
     _assert_one_run(final, checkpointed)
 
 
-def test_a_gang_waits_for_a_second_trainer_and_starts_when_one_registers(
+def test_a_gang_waits_for_a_trainer_it_lacks_and_starts_when_one_registers(
     cluster: Cluster,
 ) -> None:
-    client = _start(cluster, 1)
-    job_id = _submit(client)
+    client = cluster.client()
+    free = len(list(cluster.live_trainers()))
+    job_id = str(client.submit_job(**{**JOB, "workers": free + 1})["id"])
     waiting = wait_until(
         lambda: client.get_job(job_id).get("waiting_reason"), 10, what="a waiting reason"
     )
-    assert waiting == "needs 2 free trainers, 1 free"
+    assert waiting == f"needs {free + 1} free trainers, {free} free"
     cluster.start_trainer()
-    assert len(_gang(cluster, client, job_id)) == 2
+    assert len(_gang(cluster, client, job_id)) == free + 1
 
 
 def test_cancel_stops_every_member(cluster: Cluster) -> None:
-    client = _start(cluster, 2)
+    client = cluster.client()
     job_id = _submit(client)
     gang = _gang(cluster, client, job_id)
     _wait_for_epochs(client, job_id, 1)
@@ -144,7 +194,7 @@ def test_cancel_stops_every_member(cluster: Cluster) -> None:
 
 
 def test_a_controller_restart_does_not_split_the_gang(cluster: Cluster) -> None:
-    client = _start(cluster, 2)
+    client = cluster.client()
     controller = cluster.controller
     job_id = _submit(client)
     _gang(cluster, client, job_id)
