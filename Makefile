@@ -35,8 +35,8 @@ test: lint typecheck browser prometheus
 	$(BIN)/pytest -n $$(($(TEST_WORKERS) + 1)) --dist loadgroup --aside-group docker $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench conftest.py
+	$(BIN)/ruff format --check src tests bench conftest.py
 	$(BIN)/lint-imports  # the layers: contracts in pyproject.toml [tool.importlinter]
 
 ## Debian's chromium and chromium-driver for the browser tests (API docs, dashboard); installed

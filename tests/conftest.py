@@ -13,7 +13,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -80,26 +79,6 @@ class TierTimes:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(TierTimes(), "cnnswarm-tier-times")
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--aside-group",
-        metavar="GROUP",
-        help="with --dist loadgroup: run xdist_group GROUP alone on one worker of its own "
-        "(give -n one worker more); see tests/xdist_aside.py",
-    )
-
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--aside-group``'s scheduler (``xdist_aside.AsideGroupScheduling``); else xdist's."""
-    aside = config.getoption("aside_group")
-    if not aside or config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist_aside import AsideGroupScheduling
-
-    return AsideGroupScheduling(config, log, aside)
 
 
 @pytest.hookimpl(trylast=True)
