@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): TEST_WORKERS share the tests, one per core. `--dist loadgroup`:
 # the tests of an xdist_group run on one worker, in order: each module that builds one cluster or
-# trained model for all its tests (built once, not on each worker). `--aside-group docker`: the
+# trained model for all its tests (built once, not on each worker). `--aside-group=docker`: the
 # Docker tier, which mostly waits on containers (a fifth of a core), runs on one more worker of
 # its own, beside the others (tests/xdist_aside.py).
 TEST_WORKERS ?= 2
@@ -32,11 +32,11 @@ run: $(STAMP)
 ## The whole suite: lint, types, tests (the Docker tier runs when a Docker engine is reachable).
 ## One pytest session, every tier (Docker included; see above).
 test: lint typecheck browser prometheus
-	$(BIN)/pytest -n $$(($(TEST_WORKERS) + 1)) --dist loadgroup --aside-group docker $(PYTEST_ARGS)
+	$(BIN)/pytest -n $$(($(TEST_WORKERS) + 1)) --dist loadgroup --aside-group=docker $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench conftest.py
-	$(BIN)/ruff format --check src tests bench conftest.py
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports  # the layers: contracts in pyproject.toml [tool.importlinter]
 
 ## Debian's chromium and chromium-driver for the browser tests (API docs, dashboard); installed

@@ -1,6 +1,7 @@
 """Fixtures shared by every tier: a private PostgreSQL server and the database URLs to test
 the stores against (SQLite file and PostgreSQL, the same code). Also the per-tier time table
-printed at the end of every run (``TierTimes``), with the figures a tier measured."""
+printed at the end of every run (``TierTimes``), with the figures a tier measured, and the
+``--aside-group`` option that runs one xdist group on a worker of its own (``xdist_aside``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,6 +81,28 @@ class TierTimes:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(TierTimes(), "cnnswarm-tier-times")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--aside-group",
+        metavar="GROUP",
+        help="with --dist loadgroup: run xdist_group GROUP alone on one worker of its own "
+        "(give -n one worker more); see tests/xdist_aside.py. Write it in one word, "
+        "--aside-group=GROUP: before it knows this option, pytest takes a separate GROUP for "
+        "a path to test, and then skips the testpaths' conftest that declares the option",
+    )
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--aside-group``'s scheduler (``xdist_aside.AsideGroupScheduling``); else xdist's."""
+    aside = config.getoption("aside_group")
+    if not aside or config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist_aside import AsideGroupScheduling
+
+    return AsideGroupScheduling(config, log, aside)
 
 
 @pytest.hookimpl(trylast=True)

@@ -25,15 +25,18 @@ class AsideGroupScheduling(LoadGroupScheduling):
         super().__init__(config, log)
         self.aside = aside
         self.aside_node: WorkerController | None = None
+        self.aside_decided = False
 
     def _assign_work_unit(self, node: WorkerController) -> None:
-        if self.aside_node is None:  # the first worker served: it is the aside one
-            self.aside_node = node
+        if not self.aside_decided:  # the first worker served
+            self.aside_decided = True
             if self.aside in self.workqueue:
+                self.aside_node = node
                 self._send(node, self.aside, self.workqueue.pop(self.aside))
-            else:
+                return
+            if len(self.nodes) > 1:  # no such group in this run: the extra worker is not needed
                 node.shutdown()
-            return
+                return
         if node is self.aside_node:
             return
         if not self.workqueue:
