@@ -1,10 +1,14 @@
 """Faults against a real cluster: ``kill -9`` of the trainer running a job (the job resumes on
 the other trainer from its checkpoint) and ``kill -9`` plus restart of the controller (the job
-carries on, same attempt). Each test prints the figures it measures."""
+carries on, same attempt). Each test prints the figures it measures.
+
+The tests share one cluster (a controller and two trainers): each starts with both trainers alive
+and idle (a killed one is replaced)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +19,11 @@ from cnnswarm.client import Client
 from cnnswarm.ml.checkpoint import checkpoint_from_bytes
 from support import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(240),
+    pytest.mark.xdist_group("faults"),  # one worker builds the module's cluster
+]
 
 EPOCHS = 8
 # ~1.5 s per epoch on one thread here: long enough to kill mid-run, short enough for a test.
@@ -27,12 +35,32 @@ JOB: dict[str, Any] = {
 }
 
 
-def _start(cluster: Cluster) -> Client:
-    cluster.start_controller()
-    cluster.start_trainers(2)
-    client = cluster.client()
-    wait_until(lambda: len(client.list_trainers()) == 2, 20, what="two trainers registered")
-    return client
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One controller and two trainers for the whole module."""
+    with Cluster(tmp_path_factory.mktemp("faults")) as started:
+        started.start_controller()
+        started.start_trainers(2)
+        yield started
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The shared cluster with its controller up and two live trainers registered idle."""
+    if not any(server.alive() for server in shared_cluster.controllers):
+        shared_cluster.restart(shared_cluster.controllers[0])
+    live = list(shared_cluster.live_trainers())
+    if len(live) < 2:
+        shared_cluster.start_trainers(2 - len(live))
+    client = shared_cluster.client()
+    urls = {server.url.rstrip("/") for server in shared_cluster.live_trainers()}
+
+    def both_idle() -> bool:
+        idle = [t for t in client.list_trainers() if t["state"] == "idle"]
+        return {t["url"].rstrip("/") for t in idle} >= urls
+
+    wait_until(both_idle, 60, interval=0.1, what="two live trainers registered idle")
+    return shared_cluster
 
 
 def _stored_checkpoint(controller: ServerProcess, job_id: str) -> dict[str, Any] | None:
@@ -69,11 +97,11 @@ def _assert_one_run(final: dict[str, Any], checkpointed: list[dict[str, Any]]) -
 
 
 def test_kill_9_of_the_busy_trainer_resumes_the_job_on_the_other(cluster: Cluster) -> None:
-    client = _start(cluster)
+    client = cluster.client()
     job_id = client.submit_job(**JOB)["id"]
     checkpoint = _wait_for_checkpoint(client, cluster.controller, job_id)
     victim = cluster.trainer_running(job_id)
-    survivor = next(t for t in cluster.trainers if t is not victim)
+    survivor = next(t for t in cluster.live_trainers() if t is not victim)
 
     victim.kill()  # kill -9 of its whole process group: master, worker and the job's child
     killed_at = time.monotonic()
@@ -117,7 +145,7 @@ def test_kill_9_of_the_busy_trainer_resumes_the_job_on_the_other(cluster: Cluste
 
 
 def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
-    client = _start(cluster)
+    client = cluster.client()
     controller = cluster.controller
     job_id = client.submit_job(**JOB)["id"]
     checkpoint = _wait_for_checkpoint(client, controller, job_id)
