@@ -6,11 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist): TEST_WORKERS share the tests, one per core. `--dist loadgroup`:
-# the tests of an xdist_group run on one worker, in order: each module that builds one cluster or
+# Test processes (pytest-xdist): TEST_WORKERS, one per core, and one more. `--dist loadgroup`: the
+# tests of an xdist_group run on one worker, in order: each module that builds one cluster or
 # trained model for all its tests (built once, not on each worker). `--aside-group=docker`: the
-# Docker tier, which mostly waits on containers (a fifth of a core), runs on one more worker of
-# its own, beside the others (tests/xdist_aside.py).
+# Docker tier, which mostly waits on containers (a fifth of a core), runs first and alone on the
+# extra worker, beside the others, which then joins them (tests/xdist_aside.py).
 TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit venv clean browser prometheus

@@ -397,6 +397,35 @@ class Cluster:
             ) from None
         return server.url
 
+    def top_up(self, trainers: int) -> None:
+        """For a cluster that tests share and some of them kill servers in: restart the first
+        controller when none is alive, start trainers until ``trainers`` are alive, and wait until
+        every live trainer is registered idle with every slot free."""
+        if not any(server.alive() for server in self.controllers):
+            self.restart(self.controllers[0])
+        missing = trainers - len(list(self.live_trainers()))
+        if missing > 0:
+            self.start_trainers(missing)
+        self.wait_trainers_idle()
+
+    def wait_trainers_idle(self, timeout: float = 60.0) -> None:
+        """Wait until every live trainer is registered idle at the controller and has every
+        slot free (a job cancelled or ended a moment ago has left it)."""
+        client = self.client()
+
+        def idle() -> bool:
+            registered = {t["url"].rstrip("/"): t for t in client.list_trainers()}
+            for server in self.live_trainers():
+                entry = registered.get(server.url.rstrip("/"))
+                if entry is None or entry["state"] != "idle":
+                    return False
+                status = server.get("/status")
+                if status["free_slots"] != status["slots"]:
+                    return False
+            return True
+
+        wait_until(idle, timeout, interval=0.1, what="every live trainer registered and idle")
+
     # -- looking things up -------------------------------------------------------------------
 
     def trainer_by_url(self, url: str) -> ServerProcess:

@@ -1,8 +1,8 @@
 """``--aside-group``'s scheduler (``tests/xdist_aside.py``) on pytest-xdist's own scheduling code,
-with stand-in workers that run what they are sent in order: the aside group runs alone on one
-worker, which then stops; every other test runs once on the others; without the group the extra
-worker stops at once, unless it is the only one. A pytest-xdist upgrade that changes the internals
-the scheduler relies on fails here."""
+with stand-in workers that run what they are sent in order: the aside group runs first, alone, on
+one worker, which is sent nothing else before the group is done; every test runs once; without
+the group every worker shares the tests. A pytest-xdist upgrade that changes the internals the
+scheduler relies on fails here."""
 
 from __future__ import annotations
 
@@ -25,18 +25,23 @@ class StandInWorker:
         self.gateway = SimpleNamespace(id=f"gw{number}")
         self.sent: list[int] = []
         self.done = 0
+        self.sent_after: list[int] = []  # for each send, how many tests it had run by then
         self.shutting_down = False
 
     def send_runtest_some(self, indexes: list[int]) -> None:
         assert not self.shutting_down, "work sent to a worker shutting down"
         self.sent += indexes
+        self.sent_after.append(self.done)
 
     def shutdown(self) -> None:
         self.shutting_down = True
 
 
-def _run(config: pytest.Config, collection: list[str], workers: int) -> list[list[str]]:
-    """Schedule ``collection`` on ``workers`` stand-ins and run it to the end; what each ran."""
+def _run(
+    config: pytest.Config, collection: list[str], workers: int
+) -> tuple[list[list[str]], list[StandInWorker]]:
+    """Schedule ``collection`` on ``workers`` stand-ins and run it to the end; what each ran, and
+    the stand-ins."""
     scheduler = AsideGroupScheduling(config, None, "docker")
     scheduler.numnodes = workers
     nodes = [StandInWorker(number) for number in range(workers)]
@@ -52,7 +57,9 @@ def _run(config: pytest.Config, collection: list[str], workers: int) -> list[lis
                 node.done += 1
     assert not scheduler.has_pending
     assert all(node.shutting_down for node in nodes)
-    return [[collection[i] for i in node.sent] for node in nodes]
+    ran = [collection[i] for node in nodes for i in node.sent]
+    assert sorted(ran) == sorted(collection)  # every test once
+    return [[collection[i] for i in node.sent] for node in nodes], nodes
 
 
 @pytest.fixture
@@ -64,22 +71,20 @@ def config(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> p
     return request.config
 
 
-def test_the_aside_group_runs_alone_on_one_worker(config: pytest.Config) -> None:
+def test_the_aside_group_runs_first_and_alone_on_one_worker(config: pytest.Config) -> None:
     collection = SINGLES[:2] + DOCKER + FLOWS + SINGLES[2:]
-    aside, *others = _run(config, collection, workers=3)
-    assert aside == DOCKER
-    ran = [nodeid for worker in others for nodeid in worker]
-    assert sorted(ran) == sorted(FLOWS + SINGLES)
-    assert all(worker for worker in others)  # both share the rest
-    assert any(worker[: len(FLOWS)] == FLOWS for worker in others)  # a group stays together
+    (aside, *others), (first, *_) = _run(config, collection, workers=3)
+    assert aside[: len(DOCKER)] == DOCKER
+    assert all(after >= len(DOCKER) for after in first.sent_after[1:])  # then it joins
+    assert all(worker for worker in others)  # the others share the rest
+    assert any(worker[: len(FLOWS)] == FLOWS for worker in [aside, *others])  # kept together
 
 
-def test_without_the_group_the_extra_worker_stops_at_once(config: pytest.Config) -> None:
-    idle, *others = _run(config, FLOWS + SINGLES, workers=3)
-    assert idle == []
-    assert sorted(nodeid for worker in others for nodeid in worker) == sorted(FLOWS + SINGLES)
+def test_without_the_group_every_worker_shares_the_tests(config: pytest.Config) -> None:
+    workers, _ = _run(config, FLOWS + SINGLES, workers=3)
+    assert all(workers)
 
 
-def test_a_lone_worker_runs_everything(config: pytest.Config) -> None:
-    assert _run(config, SINGLES, workers=1) == [SINGLES]
-    assert _run(config, DOCKER, workers=1) == [DOCKER]
+def test_a_lone_worker_runs_the_group_first_then_the_rest(config: pytest.Config) -> None:
+    assert _run(config, SINGLES, workers=1)[0] == [SINGLES]
+    assert _run(config, SINGLES[:2] + DOCKER + SINGLES[2:], workers=1)[0][0][:2] == DOCKER

@@ -6,7 +6,7 @@ cancel stops every member; a controller restart does not split a running gang.
 
 The tests share one cluster (a controller and three trainers, one spare for a new gang): each
 starts with every trainer alive and idle (a killed one is replaced) and ends with no job left
-running (``_shared``)."""
+running (the ``cluster`` fixture)."""
 
 from __future__ import annotations
 
@@ -49,36 +49,13 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
 def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
     """The shared cluster with its controller up and ``TRAINERS`` live, idle trainers
     registered; afterwards every unfinished job is cancelled and every trainer is idle again."""
-    if not any(server.alive() for server in shared_cluster.controllers):
-        shared_cluster.restart(shared_cluster.controllers[0])
-    live = list(shared_cluster.live_trainers())
-    if len(live) < TRAINERS:
-        shared_cluster.start_trainers(TRAINERS - len(live))
-    _wait_idle(shared_cluster)
+    shared_cluster.top_up(TRAINERS)
     yield shared_cluster
     client = shared_cluster.client()
     for job in client.list_jobs():
         if job["state"] in ("queued", "running"):
             client.cancel_job(job["id"])
-    _wait_idle(shared_cluster)
-
-
-def _wait_idle(cluster: Cluster) -> None:
-    """Wait until every live trainer is registered idle and has every slot free."""
-    client = cluster.client()
-
-    def idle() -> bool:
-        registered = {t["url"].rstrip("/"): t for t in client.list_trainers()}
-        for server in cluster.live_trainers():
-            entry = registered.get(server.url.rstrip("/"))
-            if entry is None or entry["state"] != "idle":
-                return False
-            status = server.get("/status")
-            if status["free_slots"] != status["slots"]:
-                return False
-        return True
-
-    wait_until(idle, 60, interval=0.1, what="every live trainer registered and idle")
+    shared_cluster.wait_trainers_idle()
 
 
 def _submit(client: Client) -> str:

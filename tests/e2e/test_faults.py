@@ -47,19 +47,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
 @pytest.fixture
 def cluster(shared_cluster: Cluster) -> Cluster:
     """The shared cluster with its controller up and two live trainers registered idle."""
-    if not any(server.alive() for server in shared_cluster.controllers):
-        shared_cluster.restart(shared_cluster.controllers[0])
-    live = list(shared_cluster.live_trainers())
-    if len(live) < 2:
-        shared_cluster.start_trainers(2 - len(live))
-    client = shared_cluster.client()
-    urls = {server.url.rstrip("/") for server in shared_cluster.live_trainers()}
-
-    def both_idle() -> bool:
-        idle = [t for t in client.list_trainers() if t["state"] == "idle"]
-        return {t["url"].rstrip("/") for t in idle} >= urls
-
-    wait_until(both_idle, 60, interval=0.1, what="two live trainers registered idle")
+    shared_cluster.top_up(2)
     return shared_cluster
 
 
