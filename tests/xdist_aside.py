@@ -31,12 +31,8 @@ class AsideGroupScheduling(LoadGroupScheduling):
 
     def _assign_work_unit(self, node: WorkerController) -> None:
         if self.aside_node is None and self.aside in self.workqueue:
-            self.aside_node = node  # the first worker served
-            work_unit = self.workqueue.pop(self.aside)
-            self.assigned_work.setdefault(node, {})[self.aside] = work_unit
-            collection = self.registered_collections[node]
-            node.send_runtest_some([collection.index(nodeid) for nodeid in work_unit])
-            return
+            self.aside_node = node  # the first worker served: the group is its first unit
+            self.workqueue.move_to_end(self.aside, last=False)
         super()._assign_work_unit(node)
 
     def _reschedule(self, node: WorkerController) -> None:
