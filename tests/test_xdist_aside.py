@@ -1,8 +1,9 @@
 """``--aside-group``'s scheduler (``tests/xdist_aside.py``) on pytest-xdist's own scheduling code,
-with stand-in workers that run what they are sent in order: the aside group runs first, alone, on
-one worker, which is sent nothing else before the group is done; every test runs once; without
-the group every worker shares the tests. A pytest-xdist upgrade that changes the internals the
-scheduler relies on fails here."""
+with stand-in workers that run what they are sent in order, as xdist's workers do: a test runs
+only once the worker knows the next one, or is shutting down. The aside group runs first, alone,
+on one worker, which is sent more work when only the group's last test is left (not at the end of
+the run); every test runs once; without the group every worker shares the tests. A pytest-xdist
+upgrade that changes the internals the scheduler relies on fails here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ SINGLES = [f"tests/test_{name}.py::test_it" for name in ("a", "b", "c", "d", "e"
 class StandInWorker:
     """What the scheduler sees of a worker: its gateway's id, the item indexes it is sent, and
     whether it was told to shut down."""
+
+    def can_run(self) -> bool:
+        """Whether the worker runs a test now: xdist's worker needs the next test (pytest's
+        ``nextitem``) before it runs one, unless it is shutting down."""
+        return self.done < len(self.sent) - (0 if self.shutting_down else 1)
 
     def __init__(self, number: int) -> None:
         self.gateway = SimpleNamespace(id=f"gw{number}")
@@ -51,10 +57,14 @@ def _run(
         scheduler.add_node_collection(node, collection)  # type: ignore[arg-type]
     scheduler.schedule()
     while any(node.done < len(node.sent) for node in nodes):
+        if not any(node.can_run() for node in nodes):
+            assert scheduler.tests_finished, "every worker waits for work that never comes"
+            for node in nodes:  # what xdist's session does once the tests are finished
+                node.shutdown()
         for node in nodes:  # each runs one test in turn
-            if node.done < len(node.sent):
-                scheduler.mark_test_complete(node, node.sent[node.done])  # type: ignore[arg-type]
+            if node.can_run():
                 node.done += 1
+                scheduler.mark_test_complete(node, node.sent[node.done - 1])  # type: ignore[arg-type]
     assert not scheduler.has_pending
     assert all(node.shutting_down for node in nodes)
     ran = [collection[i] for node in nodes for i in node.sent]
@@ -75,7 +85,10 @@ def test_the_aside_group_runs_first_and_alone_on_one_worker(config: pytest.Confi
     collection = SINGLES[:2] + DOCKER + FLOWS + SINGLES[2:]
     (aside, *others), (first, *_) = _run(config, collection, workers=3)
     assert aside[: len(DOCKER)] == DOCKER
-    assert all(after >= len(DOCKER) for after in first.sent_after[1:])  # then it joins
+    # Then it joins: sent its next unit while the group's last test waits for one (not when the
+    # others are done).
+    assert first.sent_after[1:2] == [len(DOCKER) - 1], first.sent_after
+    assert len(aside) > len(DOCKER)
     assert all(worker for worker in others)  # the others share the rest
     assert any(worker[: len(FLOWS)] == FLOWS for worker in [aside, *others])  # kept together
 

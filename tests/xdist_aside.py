@@ -5,10 +5,13 @@ a core on average here), while every other tier keeps a worker's core busy. Unde
 ``--dist loadgroup`` the Docker group takes one of the two workers for five minutes and leaves
 most of a core idle. With ``--aside-group=docker`` and one worker more (``make test``: ``-n 3``
 for two cores), the first worker takes the Docker group, and nothing else until it is done; the
-others share the rest as ``loadgroup`` shares it, and the first joins them afterwards (the tiers
-but Docker ran in 636 s on three workers, 1.95 of the 2 cores busy; in full runs, joining measured
-the same as stopping: 875 s against 820-870). Without that group in the run, every worker takes
-tests from the start.
+others share the rest as ``loadgroup`` shares it, and the first joins them afterwards. Without
+that group in the run, every worker takes tests from the start.
+
+An xdist worker runs a test only once it knows the next one (pytest's ``nextitem``), so the
+group's last test waits until the worker is sent more: the scheduler sends it more as soon as
+that last test is all the group has left. (Holding back until the group was done kept the last
+Docker test, 49 s, waiting for the end of the whole run.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class AsideGroupScheduling(LoadGroupScheduling):
         super()._assign_work_unit(node)
 
     def _reschedule(self, node: WorkerController) -> None:
-        if node is self.aside_node and self._pending_of(self.assigned_work[node]):
+        # A worker runs a test only once it knows the next one (pytest's ``nextitem``), so the
+        # group's last test waits for more work: it gets some then, after the whole group.
+        if node is self.aside_node and self._pending_of(self.assigned_work[node]) > 1:
             return  # the aside group first, alone
         super()._reschedule(node)
