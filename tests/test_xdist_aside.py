@@ -22,17 +22,17 @@ class StandInWorker:
     """What the scheduler sees of a worker: its gateway's id, the item indexes it is sent, and
     whether it was told to shut down."""
 
-    def can_run(self) -> bool:
-        """Whether the worker runs a test now: xdist's worker needs the next test (pytest's
-        ``nextitem``) before it runs one, unless it is shutting down."""
-        return self.done < len(self.sent) - (0 if self.shutting_down else 1)
-
     def __init__(self, number: int) -> None:
         self.gateway = SimpleNamespace(id=f"gw{number}")
         self.sent: list[int] = []
         self.done = 0
         self.sent_after: list[int] = []  # for each send, how many tests it had run by then
         self.shutting_down = False
+
+    def can_run(self) -> bool:
+        """Whether the worker runs a test now: xdist's worker needs the next test (pytest's
+        ``nextitem``) before it runs one, unless it is shutting down."""
+        return self.done < len(self.sent) - (0 if self.shutting_down else 1)
 
     def send_runtest_some(self, indexes: list[int]) -> None:
         assert not self.shutting_down, "work sent to a worker shutting down"
