@@ -40,7 +40,12 @@ class AsideGroupScheduling(LoadGroupScheduling):
 
     def _reschedule(self, node: WorkerController) -> None:
         # A worker runs a test only once it knows the next one (pytest's ``nextitem``), so the
-        # group's last test waits for more work: it gets some then, after the whole group.
-        if node is self.aside_node and self._pending_of(self.assigned_work[node]) > 1:
+        # group's last test waits for more work: it gets some then, after the whole group; from
+        # then on the worker is served as the others are.
+        if node is self.aside_node and self._group_pending(node) > 1:
             return  # the aside group first, alone
         super()._reschedule(node)
+
+    def _group_pending(self, node: WorkerController) -> int:
+        """How many of the aside group's tests ``node`` has not run yet."""
+        return self._pending_of({self.aside: self.assigned_work[node].get(self.aside, {})})
