@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import socket
 import threading
 import time
@@ -75,6 +76,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_below_ephemeral_range() -> int:
+    """A TCP port free on every address a moment ago, below the kernel's ephemeral range: for a
+    port that must stay free for minutes while other tests run, as no socket they open on port 0
+    (a server, or the local end of a connection) can be given it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(low // 2, low), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low // 2} and {low}")
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -77,7 +77,7 @@ COMMANDS: dict[str, str] = {
     "overlay_create": "docker network create --driver overlay {network}",
     "service_create_controller": (
         "docker service create --name ml_controller --network {network} --endpoint-mode dnsrr"
-        " --publish mode=host,target=48515,published=48515"
+        " --publish mode=host,target=48515,published={host_port}"
         " --mount type=volume,source={volume},target=/data -e CNN_SWARM_ALLOW_NO_TOKEN=1"
         " docker-exps-ml_controller"
     ),
@@ -95,6 +95,7 @@ DOC_VALUES = {
     "controller": "ml_controller",
     "trainer": "ml_train",
     "publish": "48515:",
+    "host_port": "48515",
     "volume": "docker_exps_home",
     "project": "docker-exps",
     "stack": "docker-exps",

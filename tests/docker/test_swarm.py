@@ -5,7 +5,6 @@ its trainers too."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,16 +15,18 @@ import pytest
 import requests
 
 from cnnswarm.client import Client
+from support import free_port_below_ephemeral_range
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
-CONTROLLER = "http://127.0.0.1:48515"  # the stack publishes in host mode (no routing mesh)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
+@pytest.fixture
+def host_port() -> int:
+    """Where the controller is published (in host mode: no routing mesh). Not 48515, which is in
+    the ephemeral range: a server another test started on port 0 can hold it for minutes."""
+    return free_port_below_ephemeral_range()
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +90,21 @@ def _wait_for_checkpoint(client: Client, job_id: str, token: str, wait: Any) -> 
 
 
 def test_stack_resumes_a_killed_job_and_scales_trainers(
-    swarm: Any, images: dict[str, str], wait: Any, secrets_dir: Path, timings: Any
+    swarm: Any,
+    images: dict[str, str],
+    wait: Any,
+    secrets_dir: Path,
+    timings: Any,
+    host_port: int,
 ) -> None:
     docker = swarm
-    assert _port_is_free(48515), "port 48515 is taken; the stack publishes the controller there"
     stack = f"cnnswarm-test-{uuid.uuid4().hex[:6]}"
     trainers = f"{stack}_ml_train"
     token = (secrets_dir / "api_token").read_text()
-    env = docker.env(CNN_SWARM_SECRETS_DIR=str(secrets_dir))
+    env = docker.env(CNN_SWARM_SECRETS_DIR=str(secrets_dir), CONTROLLER_PUBLISH=str(host_port))
     try:
         docker.run(docker.argv("stack_deploy", stack=stack), env=env)
-        client = Client(CONTROLLER, token=token)
+        client = Client(f"http://127.0.0.1:{host_port}", token=token)
         wait("the controller to be ready", client.ready, timeout=180)
         wait("3 trainers to register", lambda: len(_live_trainers(client)) == 3, timeout=180)
         services = docker.cmd("stack_services", stack=stack).stdout
@@ -154,20 +159,19 @@ def test_stack_resumes_a_killed_job_and_scales_trainers(
 
 
 def test_service_create_commands_register_trainers(
-    swarm: Any, images: dict[str, str], wait: Any
+    swarm: Any, images: dict[str, str], wait: Any, host_port: int
 ) -> None:
     docker = swarm
     for service in ("ml_controller", "ml_train"):
         listed = docker.run(["docker", "service", "ls", "-q", "--filter", f"name={service}"])
         assert not listed.stdout.strip(), f"a service {service} exists already"
-    wait("port 48515 to be free", lambda: _port_is_free(48515), timeout=60)
     suffix = uuid.uuid4().hex[:6]
     values = {"network": f"cnnswarm-test-{suffix}", "volume": f"cnnswarm-test-{suffix}"}
     try:
         docker.cmd("overlay_create", **values)
         docker.cmd("service_create_trainer", trainers="2", **values, timeout=180)
-        docker.cmd("service_create_controller", **values, timeout=180)
-        client = Client(CONTROLLER)
+        docker.cmd("service_create_controller", host_port=str(host_port), **values, timeout=180)
+        client = Client(f"http://127.0.0.1:{host_port}")
         wait("the controller to be ready", client.ready, timeout=180)
         wait("2 trainers to register", lambda: len(_live_trainers(client)) == 2, timeout=180)
         seed_status = client.status()
