@@ -1,7 +1,9 @@
 """train(threads=<a function>): the run asks its thread share before it starts, at each epoch
-start and every THREAD_CHECK_BATCHES batches, and torch follows the answer (a trainer's job
-passes its cnnswarm.cpu.JobShare, whose answer changes as other jobs on the host start and
-end)."""
+start and every THREAD_CHECK_S seconds of its clock, and torch follows the answer (a trainer's
+job passes its cnnswarm.cpu.JobShare, whose answer changes as other jobs on the host start and
+end). Seconds, not batches: an epoch of the builtin `synthetic` set is 16 batches, and when the
+share was asked every 20 batches a job that started alone kept both cores for its whole first
+epoch beside a second job, 5x slower than it should have been."""
 
 from __future__ import annotations
 
@@ -17,38 +19,64 @@ from cnnswarm.ml.train import Progress, train
 torch.set_num_threads(1)
 
 BATCH = 32  # 32 images of 32x32: just large enough for more than one thread (threads_for)
-# Asked every 4 batches here instead of the module's 20: the same asks on a quarter of the batches
-# (5 batches per epoch, with 4 progress reports inside it).
-CHECK_EVERY = 4
 
 
-def test_torch_follows_the_share_asked_at_each_epoch_start_and_every_few_batches(
+class BatchClock:
+    """The run's clock: it moves ``step`` seconds at each poll of ``should_cancel`` (once
+    before every batch) and stands still otherwise."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def should_cancel(self) -> bool:
+        self.now += self.step
+        return False
+
+
+def test_torch_follows_the_share_asked_at_each_epoch_start_and_every_few_tenths_of_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(train_module, "THREAD_CHECK_BATCHES", CHECK_EVERY)
-    num_batches = CHECK_EVERY + 1  # asked at batch 0 and CHECK_EVERY
+    check_s = 0.25
+    monkeypatch.setattr(train_module, "THREAD_CHECK_S", check_s)
+    clock = BatchClock(step=check_s / 2)  # a batch takes half the interval: asked every 2
+    num_batches = 5
     dataset = make_synthetic(num_batches * BATCH, 8, 3, 32, 32, 2, seed=0)
     answers = itertools.cycle([1, 2])
-    asked: list[int] = []
+    asked_at: list[float] = []
+    answered: list[int] = []
 
     def share() -> int:
-        asked.append(next(answers))
-        return asked[-1]
+        asked_at.append(clock())
+        answered.append(next(answers))
+        return answered[-1]
 
-    seen: list[tuple[int, int, int]] = []  # (epoch, batch, torch's threads) at each report
+    followed: list[bool] = []  # at each progress report: torch runs the latest answer
 
     def on_progress(progress: Progress) -> None:
-        seen.append((progress.epoch, progress.batch, torch.get_num_threads()))
+        followed.append(torch.get_num_threads() == answered[-1])
 
     opts = {"num_epochs": 2, "batch_size": BATCH, "seed": 0}
-    train("SmallConvNet", dataset, opts, threads=share, on_progress=on_progress)
-    # Once before the run, then twice per epoch: at its start and THREAD_CHECK_BATCHES later.
-    assert asked == [1, 2, 1, 2, 1]
-    # Reports inside an epoch come before its second ask: they run on the epoch-start answer.
-    assert [threads for _, batch, threads in seen if 0 < batch < num_batches] == [2] * 8
-    # The report after the first epoch and the final one come after a mid-epoch answer.
-    assert [threads for _, batch, threads in seen if batch in (0, num_batches)] == [1, 1]
-    torch.set_num_threads(1)
+    try:
+        train(
+            "SmallConvNet",
+            dataset,
+            opts,
+            threads=share,
+            on_progress=on_progress,
+            should_cancel=clock.should_cancel,
+            clock=clock,
+        )
+    finally:
+        torch.set_num_threads(1)
+    # Before the run (0 s); in each epoch at its first batch (asked at once) and then whenever
+    # 0.25 s has passed since the last ask: batches 0, 2 and 4 of both epochs (5 batches each).
+    step = check_s / 2
+    assert asked_at == [0.0] + [step * batch for batch in (1, 3, 5, 6, 8, 10)]
+    assert len(followed) >= 2 * 4 and all(followed)
 
 
 def test_a_fixed_count_or_tiny_batches_never_ask() -> None:

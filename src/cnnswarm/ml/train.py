@@ -60,9 +60,12 @@ CHECKPOINT_FORMAT = "cnn-swarm-checkpoint"
 PROGRESS_CALLS_PER_EPOCH = 4
 EVAL_BATCH_SIZE = 512
 SMALL_BATCH_PIXELS = 32 * 32 * 32  # below this, one intra-op thread is as fast and far steadier
-# How often (in batches, and at each epoch start) a run asks its thread share again: other jobs
-# on the host start and end while it trains.
-THREAD_CHECK_BATCHES = 20
+# How often (in seconds of the run's clock, and at each epoch start) a run asks its thread share
+# again: other jobs on the host start and end while it trains, and a run that keeps an old count
+# oversubscribes the cores. Seconds, not batches: asked every 20 batches, a job that started alone
+# kept both cores for its whole first epoch (16 batches of `synthetic`) beside a second job, and
+# ran that epoch 5x slower. An ask costs a directory listing.
+THREAD_CHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -202,10 +205,11 @@ def train(
 
     When resuming, the options stored in the checkpoint are used (it is the same run).
     ``threads`` sets torch's intra-op thread count: a number, or a function answering this run's
-    CPU share, asked first, then at each epoch start and every ``THREAD_CHECK_BATCHES`` batches
+    CPU share, asked first, then at each epoch start and every ``THREAD_CHECK_S`` seconds
     (default: this process's CPU share; either way 1 for tiny batches, see ``threads_for``).
-    ``clock`` is read, in seconds, for ``duration_s``, ``images_per_s`` and the training time a
-    checkpoint carries (tests pass one that advances as they choose).
+    ``clock`` is read, in seconds, for ``duration_s``, ``images_per_s``, the training time a
+    checkpoint carries and when to ask the thread share again (tests pass one that advances as
+    they choose).
 
     With a ``gang`` (``cnnswarm.ml.distributed``) this process is one rank of a data-parallel
     run that equals the one-process run: the same seeded data order and flips on every rank,
@@ -239,17 +243,21 @@ def train(
     channels, height, width = dataset.input_shape
     batch_pixels = opts.batch_size * height * width
     share = threads if callable(threads) else cpu_share
-    current_threads = 0
+    current_threads, next_thread_check = 0, 0.0
 
-    def retune_threads() -> None:
-        """Follow the thread count asked for; torch is told only when it changes."""
-        nonlocal current_threads
+    def retune_threads(*, now: bool) -> None:
+        """Follow the thread count asked for, asked again when ``now`` or ``THREAD_CHECK_S``
+        after the last time; torch is told only when it changes."""
+        nonlocal current_threads, next_thread_check
+        if not now and clock() < next_thread_check:
+            return
+        next_thread_check = clock() + THREAD_CHECK_S
         wanted = threads if isinstance(threads, int) else threads_for(batch_pixels, share)
         if wanted != current_threads:
             torch.set_num_threads(wanted)
             current_threads = wanted
 
-    retune_threads()
+    retune_threads(now=True)
     use_bf16 = opts.bf16
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -371,8 +379,7 @@ def train(
                 cancel = gang.any(cancel)  # every rank stops at the same batch
             if cancel:
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, batch {batch}")
-            if (batch - first_batch) % THREAD_CHECK_BATCHES == 0:
-                retune_threads()  # the epoch's start, then every few batches
+            retune_threads(now=batch == first_batch)  # the epoch's start, then every moment
             idx = perm[batch * batch_size : (batch + 1) * batch_size]
             flips = _draw_flips(len(idx), data_generator) if opts.augment else None
             start, end = shard_bounds(len(idx), rank, world_size)
