@@ -42,7 +42,8 @@ def test_torch_follows_the_share_asked_at_each_epoch_start_and_every_few_tenths_
 ) -> None:
     check_s = 0.25
     monkeypatch.setattr(train_module, "THREAD_CHECK_S", check_s)
-    clock = BatchClock(step=check_s / 2)  # a batch takes half the interval: asked every 2
+    step = check_s / 2  # a batch takes half the interval: asked every 2
+    clock = BatchClock(step)
     num_batches = 5
     dataset = make_synthetic(num_batches * BATCH, 8, 3, 32, 32, 2, seed=0)
     answers = itertools.cycle([1, 2])
@@ -73,8 +74,7 @@ def test_torch_follows_the_share_asked_at_each_epoch_start_and_every_few_tenths_
     finally:
         torch.set_num_threads(1)
     # Before the run (0 s); in each epoch at its first batch (asked at once) and then whenever
-    # 0.25 s has passed since the last ask: batches 0, 2 and 4 of both epochs (5 batches each).
-    step = check_s / 2
+    # check_s has passed since the last ask: batches 0, 2 and 4 of both epochs (5 batches each).
     assert asked_at == [0.0] + [step * batch for batch in (1, 3, 5, 6, 8, 10)]
     assert len(followed) >= 2 * 4 and all(followed)
 

@@ -249,9 +249,10 @@ def train(
         """Follow the thread count asked for, asked again when ``now`` or ``THREAD_CHECK_S``
         after the last time; torch is told only when it changes."""
         nonlocal current_threads, next_thread_check
-        if not now and clock() < next_thread_check:
+        time_s = clock()
+        if not now and time_s < next_thread_check:
             return
-        next_thread_check = clock() + THREAD_CHECK_S
+        next_thread_check = time_s + THREAD_CHECK_S
         wanted = threads if isinstance(threads, int) else threads_for(batch_pixels, share)
         if wanted != current_threads:
             torch.set_num_threads(wanted)
