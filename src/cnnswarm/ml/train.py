@@ -380,7 +380,7 @@ def train(
                 cancel = gang.any(cancel)  # every rank stops at the same batch
             if cancel:
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, batch {batch}")
-            retune_threads(now=batch == first_batch)  # the epoch's start, then every moment
+            retune_threads(now=batch == first_batch)  # the epoch's start, then every THREAD_CHECK_S
             idx = perm[batch * batch_size : (batch + 1) * batch_size]
             flips = _draw_flips(len(idx), data_generator) if opts.augment else None
             start, end = shard_bounds(len(idx), rank, world_size)
